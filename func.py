@@ -1,0 +1,539 @@
+"""Training, reconstruction and evaluation: the library behind script.py and the figure scripts.
+
+A model directory holds:
+
+* ``checkpoint.npz``: weights, optimizer state, step, metrics history and the
+  configuration, in one file that is replaced atomically, so the directory
+  always holds one complete state;
+* ``config.json``: the full configuration, human-readable;
+* ``metrics.csv``: step, training loss, validation loss, elapsed seconds;
+* ``tensorboard/``: the same curves as TensorBoard events.
+
+All randomness of a run derives from ``--seed``: initial weights through
+``keras.utils.set_random_seed``, the order of examples from a NumPy generator
+keyed on (seed, epoch), and every noise draw from a stateless seed keyed on
+(seed, step).  A run therefore resumes exactly where it stopped.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import network
+import utils
+from utils import DataError, UsageError
+
+CHECKPOINT_FILE = "checkpoint.npz"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+METRICS_COLUMNS = ("step", "training_loss", "validation_loss", "elapsed_seconds")
+# Evaluation images are binarized with one fixed draw, the same for every model, so their numbers compare.
+EVALUATION_BINARIZATION_SEED = 0
+# Independent random streams of a run, folded into the run's seed.
+_NOISE_STREAM, _VALIDATION_STREAM, _BINARIZATION_STREAM = 1, 2, 3
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as config.json and inside the checkpoint."""
+
+    layer_structure: str = "none"
+    block_size: int = 2
+    hidden_units: int = 500
+    latent_dim: int = 100
+    compete_latent: bool = True
+    loss: str = "mse"
+    binarize: str = "none"
+    dataset: str = "mnist"
+    batch_size: int = 100
+    steps: int = 1000
+    learning_rate: float = 0.001
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+    seed: int = 1
+    train_examples: int = 10000
+    validation_examples: int = 1000
+    validation_interval: int = 10
+    checkpoint_interval: int = 500
+    data_dir: str | None = None
+
+    def validate(self):
+        """Raise UsageError for values no run can use."""
+        positive = ("block_size", "hidden_units", "latent_dim", "batch_size", "steps", "train_examples",
+                    "validation_examples", "validation_interval", "checkpoint_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise UsageError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise UsageError(f"--beta must be a non-negative number, got {self.beta}")
+        if self.kl_warmup_steps < 0:
+            raise UsageError(f"--kl-warmup-steps must be 0 or more, got {self.kl_warmup_steps}")
+        choices = (("layer_structure", network.LAYER_STRUCTURES), ("loss", utils.LOSSES),
+                   ("binarize", utils.BINARIZATIONS), ("dataset", tuple(utils.DATASETS)))
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.batch_size > self.train_examples:
+            raise UsageError(f"--batch-size {self.batch_size} is larger than the {self.train_examples} training examples")
+        if self.layer_structure != "none":
+            widths = [self.hidden_units] + ([self.latent_dim] if self.compete_latent else [])
+            try:
+                for width in widths:
+                    network.check_block_size(width, self.block_size)
+            except ValueError as error:
+                raise UsageError(f"--block-size: {error}") from None
+
+    def model_arguments(self):
+        """The arguments of network.VAE."""
+        return {
+            "layer_structure": self.layer_structure,
+            "block_size": self.block_size,
+            "hidden_units": self.hidden_units,
+            "latent_dim": self.latent_dim,
+            "input_dim": utils.PIXELS,
+            "compete_latent": self.compete_latent,
+        }
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise DataError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+
+def load_data(config, data_dir=None):
+    """The dataset of `config`, from `data_dir`, else the folder recorded in the configuration, else the defaults."""
+    return utils.load_dataset(
+        config.dataset,
+        data_dir or config.data_dir,
+        train_examples=config.train_examples,
+        validation_examples=config.validation_examples,
+    )
+
+
+def evaluation_images(config, split):
+    """Images of a validation or test split as the model sees them: binarized with one fixed draw if it was trained so."""
+    if config.binarize == "none":
+        return split.images
+    return utils.binarize(split.images, EVALUATION_BINARIZATION_SEED)
+
+
+def training_images(config, split):
+    """Training images: grey levels, or one seeded draw for static binarization (dynamic draws per batch)."""
+    if config.binarize == "static":
+        return utils.binarize(split.images, [config.seed, _BINARIZATION_STREAM])
+    return split.images
+
+
+def batch_indices(seed, first_step, steps, batch_size, examples):
+    """Example indices of `steps` batches starting at `first_step`, shape [steps, batch_size].
+
+    The examples form one stream, reshuffled every epoch with a generator keyed
+    on (seed, epoch); a batch may straddle two epochs, as in the original.  The
+    result depends only on its arguments, so a resumed run sees the same batches.
+    """
+    positions = first_step * batch_size + np.arange(steps * batch_size)
+    epochs, offsets = np.divmod(positions, examples)
+    indices = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+        order = np.random.default_rng([seed, int(epoch)]).permutation(examples)
+        chosen = epochs == epoch
+        indices[chosen] = order[offsets[chosen]]
+    return indices.reshape(steps, batch_size).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# The compiled training and validation steps
+
+
+def _stream_seed(seed, stream):
+    return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), stream)
+
+
+class Trainer:
+    """A model, its optimizer and the compiled functions that train and validate it."""
+
+    def __init__(self, config, train_images, validation_images):
+        keras.utils.set_random_seed(config.seed)
+        self.config = config
+        self.model = network.VAE(**config.model_arguments())
+        self.optimizer = keras.optimizers.Adam(config.learning_rate, epsilon=1e-8)  # TF1's Adam epsilon
+        self.optimizer.build(self.model.trainable_variables)
+        self.train_images = tf.constant(train_images)
+        self.validation_images = tf.constant(validation_images)
+        self.noise_seed = _stream_seed(config.seed, _NOISE_STREAM)
+        self.validation_seed = _stream_seed(config.seed, _VALIDATION_STREAM)
+        self.binarization_seed = _stream_seed(config.seed, _BINARIZATION_STREAM)
+        self.train_interval = tf.function(
+            self._train_interval,
+            input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([None, None], tf.int32)],
+        )
+        self.validation_loss = tf.function(self._validation_loss, input_signature=[tf.TensorSpec([], tf.int64)])
+
+    def beta(self, step):
+        """The KL weight at `step`: grows linearly from 0 over the warm-up, then stays at --beta."""
+        if self.config.kl_warmup_steps == 0:
+            return tf.constant(self.config.beta, tf.float32)
+        progress = tf.cast(step + 1, tf.float32) / self.config.kl_warmup_steps
+        return self.config.beta * tf.minimum(progress, 1.0)
+
+    def train_step(self, images, step):
+        """One Adam update on `images`; returns the batch's negative ELBO (beta = 1), in nats per image."""
+        if self.config.binarize == "dynamic":
+            draw = tf.random.stateless_uniform(tf.shape(images), tf.random.experimental.stateless_fold_in(self.binarization_seed, step))
+            images = tf.cast(draw < images, images.dtype)
+        seed = tf.random.experimental.stateless_fold_in(self.noise_seed, step)
+        with tf.GradientTape() as tape:
+            mean, log_variance, logits = self.model.forward(images, training=True, seed=seed)
+            _, reconstruction, kl = utils.negative_elbo(images, mean, log_variance, logits, self.config.loss)
+            objective = tf.reduce_mean(reconstruction + self.beta(step) * kl)
+        variables = self.model.trainable_variables
+        self.optimizer.apply(tape.gradient(objective, variables), variables)
+        return tf.reduce_mean(reconstruction + kl)
+
+    def _train_interval(self, first_step, indices):
+        """Run one update per row of `indices` inside one compiled call; returns each step's loss."""
+        count = tf.shape(indices)[0]
+        losses = tf.TensorArray(tf.float32, size=count)
+        for offset in tf.range(count):
+            images = tf.gather(self.train_images, indices[offset])
+            losses = losses.write(offset, self.train_step(images, first_step + tf.cast(offset, tf.int64)))
+        return losses.stack()
+
+    def _validation_loss(self, step):
+        """Negative ELBO on the whole validation set, inference mode, z sampled (seeded by `step`)."""
+        seed = tf.random.experimental.stateless_fold_in(self.validation_seed, step)
+        mean, log_variance, logits = self.model.forward(self.validation_images, training=False, seed=seed)
+        total, _, _ = utils.negative_elbo(self.validation_images, mean, log_variance, logits, self.config.loss)
+        return tf.reduce_mean(total)
+
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+
+# ---------------------------------------------------------------------------
+# Model directories
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
+
+    def __init__(self, step, model_dir, signal_number):
+        super().__init__(
+            f"interrupted at step {step}; checkpoint saved in {model_dir}. "
+            f"Continue with: python script.py train --model-path {model_dir} --resume"
+        )
+        self.exit_status = 128 + signal_number
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def has_model(model_dir):
+    return (Path(model_dir) / CHECKPOINT_FILE).exists()
+
+
+def save_checkpoint(model_dir, trainer, history, elapsed):
+    """Write the checkpoint atomically, then the readable config.json and metrics.csv."""
+    model_dir = Path(model_dir)
+    arrays = {f"model_{i:03d}": variable.numpy() for i, variable in enumerate(trainer.model.weights)}
+    arrays.update({f"optimizer_{i:03d}": variable.numpy() for i, variable in enumerate(trainer.optimizer.variables)})
+    arrays["history"] = np.asarray(history, dtype=np.float64).reshape(-1, len(METRICS_COLUMNS))
+    arrays["elapsed"] = np.float64(elapsed)
+    arrays["config"] = np.array(trainer.config.to_json())
+    utils.atomic_write(model_dir / CHECKPOINT_FILE, lambda temporary: np.savez(temporary, **arrays))
+    utils.atomic_write_text(model_dir / CONFIG_FILE, trainer.config.to_json())
+    write_metrics_csv(model_dir / METRICS_FILE, history)
+
+
+def write_metrics_csv(path, history):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(METRICS_COLUMNS)
+    for step, training, validation, elapsed in history:
+        writer.writerow([int(step), repr(float(training)), repr(float(validation)), f"{elapsed:.3f}"])
+    utils.atomic_write_text(path, buffer.getvalue())
+
+
+def read_metrics_csv(path):
+    """The metrics history as a list of (step, training loss, validation loss, elapsed seconds)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [(int(row["step"]), float(row["training_loss"]), float(row["validation_loss"]), float(row["elapsed_seconds"]))
+            for row in rows]
+
+
+def read_checkpoint(model_dir):
+    """(config, arrays) of a model directory, with clear errors for every way it can be missing or broken."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise DataError(f"model directory {model_dir} does not exist; train one with: python script.py train --model-path {model_dir}")
+    if not model_dir.is_dir():
+        raise DataError(f"{model_dir} is not a directory; --model-path names the folder a training run wrote")
+    path = model_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise DataError(f"{model_dir} holds no model ({CHECKPOINT_FILE} is missing)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        config = TrainConfig.from_dict(json.loads(str(arrays.pop("config"))))
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as error:
+        raise DataError(f"{path} is truncated or corrupt ({error}); retrain, or restore it from a backup") from None
+    _check_config_file(model_dir, config)
+    return config, arrays
+
+
+def _check_config_file(model_dir, config):
+    """config.json is a readable copy; if someone edited it, say so rather than ignore it."""
+    path = model_dir / CONFIG_FILE
+    if not path.exists():
+        return
+    try:
+        readable = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise DataError(f"{path} is not a valid configuration ({error})") from None
+    if readable.model_arguments() != config.model_arguments():
+        raise DataError(f"{path} does not match the weights in {CHECKPOINT_FILE} (the model's architecture differs)")
+
+
+def _assign(variables, arrays, prefix, what):
+    names = sorted(name for name in arrays if name.startswith(prefix))
+    if len(names) != len(variables):
+        raise DataError(f"{what}: the checkpoint holds {len(names)} arrays but the model has {len(variables)} variables")
+    for variable, name in zip(variables, names):
+        if tuple(arrays[name].shape) != tuple(variable.shape):
+            raise DataError(
+                f"{what}: {variable.path} has shape {tuple(arrays[name].shape)} in the checkpoint "
+                f"but {tuple(variable.shape)} in its configuration"
+            )
+        variable.assign(arrays[name])
+
+
+def load_model(model_dir, layer_structure=None):
+    """Rebuild a trained model from its directory alone; returns (model, config)."""
+    config, arrays = read_checkpoint(model_dir)
+    if layer_structure is not None and layer_structure != config.layer_structure:
+        raise UsageError(
+            f"--layer-structure {layer_structure} disagrees with the model in {model_dir}, "
+            f"which is {config.layer_structure}; drop the flag or pick another directory"
+        )
+    try:
+        model = network.VAE(**config.model_arguments())
+    except ValueError as error:
+        raise DataError(f"{model_dir}: invalid configuration ({error})") from None
+    _assign(model.weights, arrays, "model_", f"{model_dir}/{CHECKPOINT_FILE} does not match its configuration")
+    return model, config
+
+
+def _restore_training_state(trainer, model_dir):
+    """Load weights, optimizer state and history into `trainer`; returns (history, elapsed)."""
+    _, arrays = read_checkpoint(model_dir)
+    what = f"{model_dir}/{CHECKPOINT_FILE} does not match its configuration"
+    _assign(trainer.model.weights, arrays, "model_", what)
+    _assign(trainer.optimizer.variables, arrays, "optimizer_", what)
+    history = [tuple(row) for row in arrays["history"].tolist()]
+    return history, float(arrays["elapsed"])
+
+
+def prepare_model_dir(model_dir, resume, overwrite):
+    """Check what is in `model_dir` against --resume / --overwrite before any work starts."""
+    model_dir = Path(model_dir)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if model_dir.exists() and not model_dir.is_dir():
+        raise UsageError(f"--model-path {model_dir} is a file; it must name a directory")
+    exists = model_dir.is_dir() and any(model_dir.iterdir())
+    if resume and not has_model(model_dir):
+        raise UsageError(f"--resume: {model_dir} holds no checkpoint to resume from")
+    if exists and not resume and not overwrite:
+        raise UsageError(f"{model_dir} already exists; pass --resume to continue it or --overwrite to replace it")
+    utils.check_writable(model_dir / CHECKPOINT_FILE)
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the training loop checks between intervals."""
+
+    def __init__(self):
+        self.signal_number = None
+
+    def __enter__(self):
+        self.previous = {}
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.previous[number] = signal.signal(number, self._request)
+        return self
+
+    def _request(self, number, frame):
+        self.signal_number = number
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+class _Progress:
+    """A Keras progress bar on a terminal, a line every tenth of the run otherwise."""
+
+    def __init__(self, total, first_step, label=""):
+        self.total, self.label = total, label
+        self.bar = keras.utils.Progbar(total, stateful_metrics=["train", "validation", "steps/s"]) if sys.stdout.isatty() else None
+        self.next_line = first_step
+        self.last_time, self.last_step = time.perf_counter(), first_step
+
+    def update(self, step, training_loss, validation_loss):
+        now = time.perf_counter()
+        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
+        if self.bar is not None:
+            self.bar.update(step, [("train", training_loss), ("validation", validation_loss), ("steps/s", rate)])
+        elif step >= self.next_line or step == self.total:
+            print(f"{self.label}step {step}/{self.total}  training loss {training_loss:.3f}  "
+                  f"validation loss {validation_loss:.3f}  {rate:.0f} steps/s", flush=True)
+            self.next_line = step + max(1, self.total // 10)
+
+
+def _first_nonfinite(losses):
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if bad.size else None
+
+
+def train(config, model_dir, overwrite=False, dataset=None, progress=True, label=""):
+    """Train a new model into `model_dir`; returns the metrics history.
+
+    `dataset` may be passed to reuse loaded data (figure scripts train several
+    models on one copy).  Raises TrainingInterrupted after saving a checkpoint on
+    SIGINT/SIGTERM, and TrainingDiverged (keeping the last checkpoint) on a
+    non-finite loss.
+    """
+    prepare_model_dir(model_dir, resume=False, overwrite=overwrite)
+    config.validate()
+    if overwrite:
+        shutil.rmtree(Path(model_dir) / TENSORBOARD_DIR, ignore_errors=True)
+    return _run(config, Path(model_dir), False, dataset, progress, label)
+
+
+def resume(model_dir, overrides=None, dataset=None, progress=True, label=""):
+    """Continue the run saved in `model_dir` from its checkpoint; returns the whole metrics history.
+
+    `overrides` holds the flags the user gave: --steps and --checkpoint-interval
+    may change, any other value that differs from the saved run is an error.
+    """
+    prepare_model_dir(model_dir, resume=True, overwrite=False)
+    config = _resumed_config(model_dir, overrides or {})
+    config.validate()
+    return _run(config, Path(model_dir), True, dataset, progress, label)
+
+
+def _resumed_config(model_dir, overrides):
+    saved, _ = read_checkpoint(model_dir)
+    changeable = {"steps", "checkpoint_interval", "data_dir"}
+    for name, wanted in overrides.items():
+        had = getattr(saved, name)
+        if name not in changeable and wanted != had:
+            raise UsageError(
+                f"--{name.replace('_', '-')} {wanted} disagrees with the saved run's {had}; "
+                "a resumed run keeps its configuration (only --steps and --checkpoint-interval may change)"
+            )
+    return dataclasses.replace(saved, **{name: overrides[name] for name in changeable & set(overrides)})
+
+
+def _run(config, model_dir, resumed, dataset, progress, label):
+    dataset = dataset or load_data(config)
+    trainer = Trainer(config, training_images(config, dataset.train), evaluation_images(config, dataset.validation))
+    history, elapsed = _restore_training_state(trainer, model_dir) if resumed else ([], 0.0)
+    summary_writer = tf.summary.create_file_writer(str(model_dir / TENSORBOARD_DIR))
+    step = trainer.step()
+    display = _Progress(config.steps, step, label) if progress else None
+    last_checkpoint = step
+    with _StopRequest() as stop, summary_writer.as_default():
+        while step < config.steps:
+            started = time.perf_counter()
+            count = min(config.validation_interval, config.steps - step)
+            indices = batch_indices(config.seed, step, count, config.batch_size, len(trainer.train_images))
+            losses = trainer.train_interval(tf.constant(step, tf.int64), tf.constant(indices)).numpy()
+            bad = _first_nonfinite(losses)
+            if bad is not None:
+                raise TrainingDiverged(
+                    f"the training loss became {losses[bad]} at step {step + bad + 1}; the last good checkpoint "
+                    f"(step {last_checkpoint}) is kept in {model_dir}. Try a smaller --learning-rate"
+                )
+            step += count
+            validation_loss = float(trainer.validation_loss(tf.constant(step, tf.int64)))
+            elapsed += time.perf_counter() - started
+            history.append((step, float(np.mean(losses)), validation_loss, elapsed))
+            tf.summary.scalar("loss/training", history[-1][1], step=step)
+            tf.summary.scalar("loss/validation", validation_loss, step=step)
+            if display:
+                display.update(step, history[-1][1], validation_loss)
+            if step // config.checkpoint_interval > last_checkpoint // config.checkpoint_interval or stop.signal_number:
+                save_checkpoint(model_dir, trainer, history, elapsed)
+                last_checkpoint = step
+            if stop.signal_number:
+                raise TrainingInterrupted(step, model_dir, stop.signal_number)
+    if last_checkpoint != step or not has_model(model_dir):
+        save_checkpoint(model_dir, trainer, history, elapsed)
+    summary_writer.close()
+    return history
+
+
+# ---------------------------------------------------------------------------
+# Reconstruction
+
+
+def reconstruct_images(model, images, sample=False, seed=1):
+    """Inference-mode reconstructions: decode the posterior mean, or a sampled z with `sample`."""
+    mean, log_variance = model.encode(images, training=False)
+    z = model.reparameterize(mean, log_variance, seed=tf.constant([seed, 0], tf.int64)) if sample else mean
+    return model.decode(z, training=False).numpy()
+
+
+def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_structure=None, seed=1, data_dir=None):
+    """Write the reconstruction of validation image `index` (or a grid of the first `grid`) as a grayscale PNG."""
+    output_path = Path(output_path)
+    if output_path.suffix.lower() != ".png":
+        output_path = output_path.with_name(output_path.name + ".png")
+    utils.check_writable(output_path)
+    model, config = load_model(model_dir, layer_structure)
+    validation = load_data(config, data_dir).validation
+    images = evaluation_images(config, validation)
+    count = len(images)
+    if grid is not None:
+        if not 1 <= grid <= count:
+            raise UsageError(f"--grid must be between 1 and {count} (the validation images), got {grid}")
+        originals = images[:grid]
+        reconstructions = reconstruct_images(model, originals, sample, seed)
+        picture = np.concatenate([utils.tile_images(originals, grid), utils.tile_images(reconstructions, grid)])
+    else:
+        if not 0 <= index < count:
+            raise UsageError(f"--mnist-index {index} is outside the validation split (0 to {count - 1})")
+        picture = utils.tile_images(reconstruct_images(model, images[index : index + 1], sample, seed), 1)
+    utils.save_grayscale_png(output_path, picture)
+    return output_path

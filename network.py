@@ -1,0 +1,278 @@
+"""The variational autoencoder and its local winner-take-all (LWTA) layers.
+
+Three hidden-layer structures share one 784-500-100-500-784 architecture:
+
+* ``none``: ReLU hidden layers (the plain VAE);
+* ``lwta``: linear units in blocks; the largest unit of each block keeps its
+  value and the others output 0 (Srivastava et al. 2013);
+* ``p-lwta``: probabilistic LWTA; in training one survivor per block is drawn
+  from the softmax of the block's values, in inference every unit is scaled by
+  its softmax probability (the expected training output).
+
+Random draws are stateless: every draw is a pure function of an explicit
+``seed`` tensor of shape [2], so a training run can derive all its noise from
+``(--seed, step)`` and be resumed exactly.  Where no seed is given, Keras's
+global seed generator (set by ``keras.utils.set_random_seed``) is used.
+"""
+
+import keras
+import tensorflow as tf
+
+LAYER_STRUCTURES = ("none", "lwta", "p-lwta")
+
+
+def check_block_size(width, block_size):
+    """Raise ValueError unless `block_size` is valid for a layer of `width` units."""
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block size must be a positive integer, got {block_size!r}")
+    if width % block_size:
+        raise ValueError(
+            f"block size {block_size} does not divide the layer width {width}; "
+            f"choose a divisor of {width}"
+        )
+
+
+def _as_blocks(x, block_size):
+    """View the last axis of `x` as consecutive blocks: [..., width] -> [..., width/block_size, block_size]."""
+    width = x.shape[-1]
+    check_block_size(width, block_size)
+    return tf.reshape(x, tf.concat([tf.shape(x)[:-1], [width // block_size, block_size]], 0))
+
+
+def _from_blocks(blocks, like):
+    return tf.reshape(blocks, tf.shape(like))
+
+
+def _uniform(shape, seed, dtype):
+    if seed is None:
+        return keras.random.uniform(shape, dtype=dtype)
+    return tf.random.stateless_uniform(shape, seed, dtype=dtype)
+
+
+def split_seed(seed, count):
+    """`count` independent seeds derived from `seed` (a list of None when `seed` is None)."""
+    if seed is None:
+        return [None] * count
+    return tf.unstack(tf.random.experimental.stateless_split(seed, count))
+
+
+def lwta(x, block_size=2):
+    """Deterministic local winner-take-all over the last axis of `x`.
+
+    Units form blocks of `block_size` adjacent units (units 2k and 2k+1 for
+    blocks of 2).  In each block the unit with the largest value keeps it,
+    negative values included, and the others output 0.  On an exact tie the
+    first (lowest-index) unit wins, as ``argmax`` does; the original kept every
+    tied unit.  The winner mask is constant for differentiation, so gradients
+    reach only the winner.
+    """
+    blocks = _as_blocks(x, block_size)
+    winner = tf.one_hot(tf.argmax(blocks, axis=-1), block_size, dtype=x.dtype)
+    return _from_blocks(blocks * winner, x)
+
+
+def probabilistic_lwta(x, training, block_size=2, seed=None):
+    """Probabilistic local winner-take-all over the last axis of `x`.
+
+    Training: in each block exactly one unit survives, drawn from the softmax of
+    the block's values (Gumbel-max, i.e. an exact categorical draw); it keeps its
+    raw value, unscaled, and the others output 0.  No gradient flows through the
+    choice, only through the survivor's value.
+
+    Inference: every unit is multiplied by its softmax probability, which is the
+    expected training output for a fixed input.
+    """
+    blocks = _as_blocks(x, block_size)
+    if not training:
+        return _from_blocks(blocks * tf.nn.softmax(blocks, axis=-1), x)
+    uniform = _uniform(tf.shape(blocks), seed, x.dtype)
+    tiny = tf.constant(1e-20, x.dtype)
+    gumbel = -tf.math.log(-tf.math.log(uniform + tiny) + tiny)
+    survivor = tf.one_hot(tf.argmax(blocks + gumbel, axis=-1), block_size, dtype=x.dtype)
+    return _from_blocks(blocks * tf.stop_gradient(survivor), x)
+
+
+@keras.saving.register_keras_serializable(package="wta_vae")
+class LWTA(keras.layers.Layer):
+    """Keras layer for :func:`lwta`."""
+
+    def __init__(self, block_size=2, **kwargs):
+        super().__init__(**kwargs)
+        self.block_size = block_size
+
+    def build(self, input_shape):
+        check_block_size(input_shape[-1], self.block_size)
+
+    def call(self, inputs, training=False, seed=None):
+        return lwta(inputs, self.block_size)
+
+    def get_config(self):
+        return {**super().get_config(), "block_size": self.block_size}
+
+
+@keras.saving.register_keras_serializable(package="wta_vae")
+class ProbabilisticLWTA(keras.layers.Layer):
+    """Keras layer for :func:`probabilistic_lwta`."""
+
+    def __init__(self, block_size=2, **kwargs):
+        super().__init__(**kwargs)
+        self.block_size = block_size
+
+    def build(self, input_shape):
+        check_block_size(input_shape[-1], self.block_size)
+
+    def call(self, inputs, training=False, seed=None):
+        return probabilistic_lwta(inputs, training, self.block_size, seed)
+
+    def get_config(self):
+        return {**super().get_config(), "block_size": self.block_size}
+
+
+class Rectifier(keras.layers.Layer):
+    """ReLU with the call signature of the competition layers (the `none` structure)."""
+
+    def call(self, inputs, training=False, seed=None):
+        return tf.nn.relu(inputs)
+
+
+class Linear(keras.layers.Layer):
+    """No activation: the mean and log-variance heads when they do not compete."""
+
+    def call(self, inputs, training=False, seed=None):
+        return inputs
+
+
+def _hidden_activation(layer_structure, block_size):
+    if layer_structure == "lwta":
+        return LWTA(block_size)
+    if layer_structure == "p-lwta":
+        return ProbabilisticLWTA(block_size)
+    return Rectifier()
+
+
+def _dense(units, name):
+    """Dense layer initialised like the original: truncated normal (stddev 0.1) weights *and* biases."""
+    return keras.layers.Dense(
+        units,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
+        bias_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
+        name=name,
+    )
+
+
+@keras.saving.register_keras_serializable(package="wta_vae")
+class VAE(keras.Model):
+    """784-`hidden_units`-`latent_dim`-`hidden_units`-784 VAE with a sigmoid output.
+
+    `layer_structure` is ``none`` (ReLU), ``lwta`` or ``p-lwta``.  In the LWTA
+    structures the hidden units are linear and compete in blocks of
+    `block_size`; as in the original, the mean and log-variance heads compete
+    too unless `compete_latent` is False.
+    """
+
+    def __init__(
+        self,
+        layer_structure="none",
+        block_size=2,
+        hidden_units=500,
+        latent_dim=100,
+        input_dim=784,
+        compete_latent=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if layer_structure not in LAYER_STRUCTURES:
+            raise ValueError(
+                f"layer structure must be one of {', '.join(LAYER_STRUCTURES)}; got {layer_structure!r}"
+            )
+        for value, what in ((hidden_units, "hidden units"), (latent_dim, "latent dimension"), (input_dim, "input dimension")):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        competes = layer_structure != "none"
+        if competes:
+            check_block_size(hidden_units, block_size)
+            if compete_latent:
+                check_block_size(latent_dim, block_size)
+        self.layer_structure = layer_structure
+        self.block_size = block_size
+        self.hidden_units = hidden_units
+        self.latent_dim = latent_dim
+        self.input_dim = input_dim
+        self.compete_latent = compete_latent
+
+        self.encoder_hidden = _dense(hidden_units, "encoder_hidden")
+        self.mean_head = _dense(latent_dim, "mean")
+        self.log_variance_head = _dense(latent_dim, "log_variance")
+        self.decoder_hidden = _dense(hidden_units, "decoder_hidden")
+        self.decoder_output = _dense(input_dim, "decoder_output")
+
+        self.encoder_activation = _hidden_activation(layer_structure, block_size)
+        self.decoder_activation = _hidden_activation(layer_structure, block_size)
+        latent_competes = competes and compete_latent
+        self.mean_activation = _hidden_activation(layer_structure, block_size) if latent_competes else Linear()
+        self.log_variance_activation = (
+            _hidden_activation(layer_structure, block_size) if latent_competes else Linear()
+        )
+        self.build((None, input_dim))
+
+    def build(self, input_shape):
+        self.encoder_hidden.build((None, self.input_dim))
+        self.mean_head.build((None, self.hidden_units))
+        self.log_variance_head.build((None, self.hidden_units))
+        self.decoder_hidden.build((None, self.latent_dim))
+        self.decoder_output.build((None, self.hidden_units))
+        self.built = True
+
+    def encode(self, x, training=False, seed=None):
+        """Posterior parameters q(z|x) = N(mean, exp(log_variance))."""
+        hidden_seed, mean_seed, log_variance_seed = split_seed(seed, 3)
+        hidden = self.encoder_activation(self.encoder_hidden(x), training=training, seed=hidden_seed)
+        mean = self.mean_activation(self.mean_head(hidden), training=training, seed=mean_seed)
+        log_variance = self.log_variance_activation(
+            self.log_variance_head(hidden), training=training, seed=log_variance_seed
+        )
+        return mean, log_variance
+
+    @staticmethod
+    def reparameterize(mean, log_variance, seed=None):
+        """z = mean + exp(log_variance / 2) * epsilon, epsilon ~ N(0, I)."""
+        if seed is None:
+            epsilon = keras.random.normal(tf.shape(mean), dtype=mean.dtype)
+        else:
+            epsilon = tf.random.stateless_normal(tf.shape(mean), seed, dtype=mean.dtype)
+        return mean + tf.exp(0.5 * log_variance) * epsilon
+
+    def decode_logits(self, z, training=False, seed=None):
+        """Pre-sigmoid decoder output (numerically stable for the Bernoulli loss)."""
+        hidden = self.decoder_activation(self.decoder_hidden(z), training=training, seed=seed)
+        return self.decoder_output(hidden)
+
+    def decode(self, z, training=False, seed=None):
+        """Pixel probabilities for latent codes `z`."""
+        return tf.sigmoid(self.decode_logits(z, training=training, seed=seed))
+
+    def forward(self, x, training=False, seed=None):
+        """One stochastic pass: (mean, log_variance, decoder logits for a sampled z)."""
+        encoder_seed, noise_seed, decoder_seed = split_seed(seed, 3)
+        mean, log_variance = self.encode(x, training=training, seed=encoder_seed)
+        z = self.reparameterize(mean, log_variance, seed=noise_seed)
+        return mean, log_variance, self.decode_logits(z, training=training, seed=decoder_seed)
+
+    def call(self, x, training=False, seed=None):
+        """The reconstruction of `x` (pixel probabilities) through a sampled z."""
+        return tf.sigmoid(self.forward(x, training=training, seed=seed)[2])
+
+    def get_config(self):
+        return {**super().get_config(), **self.architecture()}
+
+    def architecture(self):
+        """The constructor arguments that rebuild this model."""
+        return {
+            "layer_structure": self.layer_structure,
+            "block_size": self.block_size,
+            "hidden_units": self.hidden_units,
+            "latent_dim": self.latent_dim,
+            "input_dim": self.input_dim,
+            "compete_latent": self.compete_latent,
+        }
+

@@ -1,0 +1,307 @@
+"""Data loading, the loss, image helpers and atomic file writes."""
+
+import dataclasses
+import gzip
+import math
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SIDE = 28
+PIXELS = IMAGE_SIDE * IMAGE_SIDE
+TRAIN_OFFSET = 5000  # the original's training images start after the 5,000 validation images
+MAX_VALIDATION_EXAMPLES = TRAIN_OFFSET
+MAX_TRAIN_EXAMPLES = 60000 - TRAIN_OFFSET
+LOSSES = ("mse", "bce")
+BINARIZATIONS = ("none", "dynamic", "static")
+DATASETS = {
+    # name: (environment variable for the data folder, keras.datasets module name)
+    "mnist": ("MNIST_DATA_DIR", "mnist"),
+    "fashion-mnist": ("FASHION_MNIST_DATA_DIR", "fashion_mnist"),
+}
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+_IDX_MAGIC = {1: 2049, 3: 2051}  # number of dimensions -> magic number for unsigned bytes
+
+
+class UsageError(Exception):
+    """A user mistake in the command line (bad flag value or combination); exit status 2."""
+
+
+class DataError(Exception):
+    """Missing, unreadable or corrupt input (data or model files); exit status 1."""
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+
+@dataclasses.dataclass
+class Split:
+    """Images as float32 in [0, 1], shape [count, 784], and their digit labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclasses.dataclass
+class Dataset:
+    train: Split
+    validation: Split
+    test: Split
+
+    def split(self, name):
+        if name not in ("train", "validation", "test"):
+            raise UsageError(f"unknown split {name!r}; use train, validation or test")
+        return getattr(self, name)
+
+
+def read_idx(path):
+    """Read an IDX file (optionally gzip-compressed), checking its magic number and size."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot read ({error}); the file is truncated or corrupt") from None
+    if len(raw) < 4:
+        raise DataError(f"{path}: too short to be an IDX file")
+    magic = int.from_bytes(raw[:4], "big")
+    dimensions = raw[3]
+    if _IDX_MAGIC.get(dimensions) != magic:
+        raise DataError(f"{path}: wrong magic number {magic}; expected an IDX file of unsigned bytes (2049 or 2051)")
+    header = 4 + 4 * dimensions
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dimensions))
+    expected = header + math.prod(shape)
+    if len(raw) != expected:
+        raise DataError(f"{path}: {len(raw)} bytes, but its header {shape} needs {expected}; the file is truncated or corrupt")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def write_idx(path, array):
+    """Write a uint8 array as a gzip-compressed IDX file (used by tests and tools)."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = _IDX_MAGIC[array.ndim].to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+
+
+def _check_pair(images, labels, what):
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(f"{what} images have shape {images.shape}; expected [count, 28, 28]")
+    if labels.shape != images.shape[:1]:
+        raise DataError(f"{what}: {images.shape[0]} images but {labels.shape[0]} labels")
+
+
+def _read_folder(folder):
+    """The (train images, train labels, test images, test labels) in `folder`: four IDX files or mnist.npz."""
+    folder = Path(folder)
+    if all((folder / name).is_file() for name in IDX_FILES.values()):
+        arrays = {key: read_idx(folder / name) for key, name in IDX_FILES.items()}
+    elif (folder / "mnist.npz").is_file():
+        try:
+            with np.load(folder / "mnist.npz") as npz:
+                arrays = {
+                    "train_images": npz["x_train"], "train_labels": npz["y_train"],
+                    "test_images": npz["x_test"], "test_labels": npz["y_test"],
+                }
+        except (OSError, ValueError, KeyError, EOFError, zlib.error) as error:
+            raise DataError(f"{folder / 'mnist.npz'}: cannot read ({error}); the file is truncated or corrupt") from None
+    else:
+        present = [name for name in IDX_FILES.values() if (folder / name).is_file()]
+        missing = [name for name in IDX_FILES.values() if name not in present]
+        raise DataError(f"{folder}: missing {', '.join(missing)} (expected the four MNIST IDX .gz files or mnist.npz)")
+    _check_pair(arrays["train_images"], arrays["train_labels"], f"{folder} training")
+    _check_pair(arrays["test_images"], arrays["test_labels"], f"{folder} test")
+    return arrays
+
+
+def _keras_download(module_name):
+    """Keras's cached or downloaded copy of a dataset, or None when unavailable."""
+    import keras  # imported here: reading a local folder should not need Keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, module_name).load_data()
+    except Exception:  # no network, blocked download, broken cache: reported by the caller
+        return None
+    return {"train_images": x_train, "train_labels": y_train, "test_images": x_test, "test_labels": y_test}
+
+
+def load_raw(dataset="mnist", data_dir=None):
+    """The raw uint8 arrays of `dataset` from `data_dir`, its environment variable, or Keras.
+
+    Order: the folder given by `data_dir`; else the folder in the dataset's
+    environment variable (MNIST_DATA_DIR or FASHION_MNIST_DATA_DIR); else Keras's
+    cache or download.  A folder that was given but is missing or broken is an
+    error, not a reason to fall back.
+    """
+    if dataset not in DATASETS:
+        raise UsageError(f"unknown dataset {dataset!r}; use {' or '.join(DATASETS)}")
+    variable, module_name = DATASETS[dataset]
+    folder = data_dir or os.environ.get(variable)
+    if folder:
+        if not Path(folder).is_dir():
+            source = "--data-dir" if data_dir else variable
+            raise DataError(f"data folder {folder} (from {source}) does not exist")
+        return _read_folder(folder)
+    arrays = _keras_download(module_name)
+    if arrays is None:
+        raise DataError(
+            f"could not load {dataset}: no --data-dir, {variable} is not set, and keras.datasets.{module_name} "
+            "found no cached copy and could not download one; pass --data-dir with the four IDX .gz files"
+        )
+    return arrays
+
+
+def _as_pixels(images):
+    return (images.reshape(len(images), PIXELS) / np.float32(255.0)).astype(np.float32)
+
+
+def load_dataset(dataset="mnist", data_dir=None, train_examples=10000, validation_examples=1000):
+    """The original's splits: validation = first images of the training file, training from image 5,000."""
+    if not 1 <= validation_examples <= MAX_VALIDATION_EXAMPLES:
+        raise UsageError(f"--validation-examples must be between 1 and {MAX_VALIDATION_EXAMPLES}, got {validation_examples}")
+    if not 1 <= train_examples <= MAX_TRAIN_EXAMPLES:
+        raise UsageError(f"--train-examples must be between 1 and {MAX_TRAIN_EXAMPLES}, got {train_examples}")
+    arrays = load_raw(dataset, data_dir)
+    train_images, train_labels = arrays["train_images"], arrays["train_labels"]
+    if len(train_images) < TRAIN_OFFSET + train_examples:
+        raise DataError(f"the training file holds {len(train_images)} images; {TRAIN_OFFSET + train_examples} are needed")
+    train = slice(TRAIN_OFFSET, TRAIN_OFFSET + train_examples)
+    return Dataset(
+        train=Split(_as_pixels(train_images[train]), train_labels[train].astype(np.int64)),
+        validation=Split(_as_pixels(train_images[:validation_examples]), train_labels[:validation_examples].astype(np.int64)),
+        test=Split(_as_pixels(arrays["test_images"]), arrays["test_labels"].astype(np.int64)),
+    )
+
+
+def binarize(images, seed):
+    """One Bernoulli draw per pixel with the grey level as probability (NumPy, seeded)."""
+    rng = np.random.default_rng(seed)
+    return (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Loss: everything in nats per image
+
+
+def reconstruction_loss(x, logits, loss="mse"):
+    """-log p(x|z) per image, summed over pixels, constant included.
+
+    ``mse``: Gaussian decoder with mean sigmoid(logits) and variance 1/2, i.e.
+    the squared error plus (D/2) log(pi); the original's objective.
+    ``bce``: Bernoulli decoder, the binary cross-entropy summed over pixels.
+    """
+    import tensorflow as tf
+
+    if loss == "mse":
+        squared_error = tf.reduce_sum(tf.square(x - tf.sigmoid(logits)), axis=-1)
+        return squared_error + 0.5 * x.shape[-1] * math.log(math.pi)
+    if loss == "bce":
+        return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=-1)
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+
+
+def kl_divergence(mean, log_variance):
+    """KL(N(mean, exp(log_variance)) || N(0, I)) per image, summed over latent dimensions."""
+    import tensorflow as tf
+
+    return 0.5 * tf.reduce_sum(tf.exp(log_variance) + tf.square(mean) - 1.0 - log_variance, axis=-1)
+
+
+def negative_elbo(x, mean, log_variance, logits, loss="mse", beta=1.0):
+    """(reconstruction + beta * kl, reconstruction, kl), each per image in nats."""
+    reconstruction = reconstruction_loss(x, logits, loss)
+    kl = kl_divergence(mean, log_variance)
+    return reconstruction + beta * kl, reconstruction, kl
+
+
+def to_original_scale(negative_elbo_nats, loss="mse"):
+    """The original's per-pixel number, (squared error + KL) / 784, from the mse negative ELBO."""
+    if loss != "mse":
+        raise ValueError("only the mse objective has the original's per-pixel scale")
+    return (negative_elbo_nats - 0.5 * PIXELS * math.log(math.pi)) / PIXELS
+
+
+# ---------------------------------------------------------------------------
+# Files and images
+
+
+def atomic_write(path, write):
+    """Call write(temporary_path), then rename it onto `path`: readers see the old or the new file, never half."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes))
+        os.close(descriptor)
+    except OSError as error:
+        raise DataError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda temporary: Path(temporary).write_text(text))
+
+
+def check_writable(path):
+    """Fail early, with a clear message, when `path` cannot be created."""
+    folder = Path(path).resolve().parent
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write {path}: {existing} is not a writable folder")
+
+
+def to_uint8(pixels):
+    """Probabilities in [0, 1] to 8-bit grey levels."""
+    return np.clip(np.rint(np.asarray(pixels) * 255.0), 0, 255).astype(np.uint8)
+
+
+def tile_images(images, columns):
+    """Arrange [count, 784] images into one grid array, row by row, without gaps."""
+    images = np.asarray(images).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    rows = -(-len(images) // columns)
+    grid = np.zeros((rows * IMAGE_SIDE, columns * IMAGE_SIDE), dtype=images.dtype)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        grid[row * IMAGE_SIDE : (row + 1) * IMAGE_SIDE, column * IMAGE_SIDE : (column + 1) * IMAGE_SIDE] = image
+    return grid
+
+
+def save_grayscale_png(path, pixels):
+    """Write a 2-D array of probabilities in [0, 1] as an 8-bit grayscale PNG, atomically."""
+    from PIL import Image
+
+    image = Image.fromarray(to_uint8(pixels))  # 2-D uint8 -> mode "L"
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
+
+
+def save_figure(figure, path, **kwargs):
+    """Save a matplotlib figure atomically (format from the suffix)."""
+    atomic_write(path, lambda temporary: figure.savefig(temporary, format=Path(path).suffix[1:], **kwargs))
