@@ -63,8 +63,11 @@ class Dataset:
         return getattr(self, name)
 
 
-def read_idx(path):
-    """Read an IDX file (optionally gzip-compressed), checking its magic number and size."""
+def read_idx(path, dimensions=None):
+    """Read an IDX file of unsigned bytes (optionally gzip-compressed), checking its magic number and size.
+
+    `dimensions` (3 for images, 1 for labels) makes the magic number check strict.
+    """
     path = Path(path)
     try:
         opener = gzip.open if path.suffix == ".gz" else open
@@ -75,9 +78,10 @@ def read_idx(path):
     if len(raw) < 4:
         raise DataError(f"{path}: too short to be an IDX file")
     magic = int.from_bytes(raw[:4], "big")
+    allowed = [_IDX_MAGIC[dimensions]] if dimensions else list(_IDX_MAGIC.values())
+    if magic not in allowed:
+        raise DataError(f"{path}: wrong magic number {magic}; expected {' or '.join(map(str, allowed))}")
     dimensions = raw[3]
-    if _IDX_MAGIC.get(dimensions) != magic:
-        raise DataError(f"{path}: wrong magic number {magic}; expected an IDX file of unsigned bytes (2049 or 2051)")
     header = 4 + 4 * dimensions
     if len(raw) < header:
         raise DataError(f"{path}: truncated header")
@@ -107,7 +111,7 @@ def _read_folder(folder):
     """The (train images, train labels, test images, test labels) in `folder`: four IDX files or mnist.npz."""
     folder = Path(folder)
     if all((folder / name).is_file() for name in IDX_FILES.values()):
-        arrays = {key: read_idx(folder / name) for key, name in IDX_FILES.items()}
+        arrays = {key: read_idx(folder / name, 3 if key.endswith("images") else 1) for key, name in IDX_FILES.items()}
     elif (folder / "mnist.npz").is_file():
         try:
             with np.load(folder / "mnist.npz") as npz:

@@ -1,0 +1,398 @@
+"""Tests of the core: LWTA layers, the VAE, data loading, the loss, saving and the CLI.
+
+MNIST is read from $MNIST_DATA_DIR (set by .ci/run) or Keras's cache/download.
+"""
+
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import func
+import network
+import utils
+
+ROOT = Path(__file__).resolve().parent
+
+
+def run_cli(*args, cwd=ROOT):
+    """Run script.py in a subprocess; returns the CompletedProcess (text mode)."""
+    return subprocess.run([sys.executable, str(ROOT / "script.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def tiny_config(**overrides):
+    values = dict(steps=20, train_examples=300, validation_examples=50, hidden_units=40, latent_dim=10,
+                  validation_interval=10)
+    values.update(overrides)
+    return func.TrainConfig(**values)
+
+
+# ---------------------------------------------------------------------------
+# Deterministic LWTA
+
+
+@pytest.mark.parametrize("block_size", [2, 4])
+def test_lwta_keeps_only_the_block_maximum(block_size):
+    x = tf.random.stateless_normal((64, 40), seed=[1, 2])
+    output = network.lwta(x, block_size).numpy()
+    blocks = x.numpy().reshape(64, 40 // block_size, block_size)
+    output_blocks = output.reshape(blocks.shape)
+    winners = blocks.argmax(-1)
+    expected = np.zeros_like(blocks)
+    np.put_along_axis(expected, winners[..., None], np.take_along_axis(blocks, winners[..., None], -1), -1)
+    np.testing.assert_array_equal(output_blocks, expected)
+    assert (np.count_nonzero(output_blocks, axis=-1) == 1).all()
+
+
+def test_lwta_passes_negative_winners_and_breaks_ties_to_the_first_unit():
+    x = tf.constant([[-3.0, -1.0, 2.0, 2.0, 5.0, -5.0]])
+    np.testing.assert_array_equal(network.lwta(x, 2).numpy(), [[0.0, -1.0, 2.0, 0.0, 5.0, 0.0]])
+
+
+def test_lwta_gradient_reaches_only_the_winners():
+    x = tf.Variable(tf.random.stateless_normal((8, 12), seed=[3, 4]))
+    weights = tf.random.stateless_normal((8, 12), seed=[5, 6])
+    with tf.GradientTape() as tape:
+        objective = tf.reduce_sum(network.lwta(x, 4) * weights)
+    gradient = tape.gradient(objective, x).numpy()
+    winner_mask = network.lwta(x, 4).numpy() != 0
+    np.testing.assert_allclose(gradient, np.where(winner_mask, weights.numpy(), 0.0))
+
+
+def test_lwta_layer_matches_the_function():
+    x = tf.random.stateless_normal((4, 10), seed=[7, 8])
+    np.testing.assert_array_equal(network.LWTA(block_size=2)(x).numpy(), network.lwta(x, 2).numpy())
+
+
+@pytest.mark.parametrize("function", [
+    lambda x: network.lwta(x, 3),
+    lambda x: network.probabilistic_lwta(x, training=True, block_size=3),
+])
+def test_block_size_must_divide_the_width(function):
+    with pytest.raises(ValueError, match="does not divide"):
+        function(tf.zeros((2, 10)))
+
+
+def test_vae_rejects_a_block_size_that_does_not_divide_the_layers():
+    with pytest.raises(ValueError, match="does not divide the layer width 500"):
+        network.VAE("lwta", block_size=3)
+
+
+# ---------------------------------------------------------------------------
+# Probabilistic LWTA
+
+
+@pytest.mark.parametrize("block_size", [2, 4])
+def test_p_lwta_survivor_frequencies_match_the_softmax(block_size):
+    draws = 20000
+    block = np.array([0.5, 1.5, -0.3, 0.9][:block_size], dtype=np.float64)
+    x = tf.constant(np.tile(block, (draws, 1)))
+    output = network.probabilistic_lwta(x, training=True, block_size=block_size, seed=tf.constant([11, 12])).numpy()
+    survivors = output != 0
+    assert (survivors.sum(axis=1) == 1).all(), "exactly one survivor per block"
+    np.testing.assert_array_equal(output[survivors], np.tile(block, (draws, 1))[survivors])  # raw, unscaled value
+    probabilities = np.exp(block) / np.exp(block).sum()
+    frequencies = survivors.mean(axis=0)
+    # Each frequency is a mean of `draws` Bernoulli(p) variables: standard error sqrt(p(1-p)/draws).
+    # Five standard errors: a correct sampler fails with probability below 1e-5.
+    bound = 5 * np.sqrt(probabilities * (1 - probabilities) / draws)
+    assert (np.abs(frequencies - probabilities) < bound).all(), (frequencies, probabilities, bound)
+
+
+def test_p_lwta_inference_is_softmax_scaling_and_the_mean_of_training_outputs():
+    draws = 20000
+    x = tf.random.stateless_normal((1, 6), seed=[13, 14], dtype=tf.float64)
+    inference = network.probabilistic_lwta(x, training=False, block_size=2).numpy()[0]
+    values = x.numpy()[0].reshape(3, 2)
+    softmax = np.exp(values) / np.exp(values).sum(-1, keepdims=True)
+    np.testing.assert_allclose(inference, (values * softmax).ravel(), rtol=1e-12)
+    training = network.probabilistic_lwta(tf.tile(x, [draws, 1]), training=True, block_size=2,
+                                          seed=tf.constant([15, 16])).numpy()
+    standard_error = training.std(axis=0) / np.sqrt(draws)
+    assert (np.abs(training.mean(axis=0) - inference) < 5 * standard_error + 1e-12).all()
+
+
+def test_p_lwta_gradient_flows_only_through_the_survivor():
+    x = tf.Variable(tf.random.stateless_normal((16, 8), seed=[17, 18]))
+    seed = tf.constant([19, 20])
+    with tf.GradientTape() as tape:
+        output = network.probabilistic_lwta(x, training=True, block_size=2, seed=seed)
+        objective = tf.reduce_sum(output)
+    np.testing.assert_array_equal(tape.gradient(objective, x).numpy(), (output.numpy() != 0).astype(np.float32))
+
+
+def test_p_lwta_draws_are_a_function_of_the_seed():
+    x = tf.random.stateless_normal((50, 20), seed=[1, 1])
+    first = network.probabilistic_lwta(x, True, 2, seed=tf.constant([5, 5])).numpy()
+    again = network.probabilistic_lwta(x, True, 2, seed=tf.constant([5, 5])).numpy()
+    other = network.probabilistic_lwta(x, True, 2, seed=tf.constant([5, 6])).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert (first != other).any()
+
+
+# ---------------------------------------------------------------------------
+# The VAE
+
+
+@pytest.mark.parametrize("structure", network.LAYER_STRUCTURES)
+def test_every_structure_has_the_original_parameter_count(structure):
+    model = network.VAE(structure)
+    assert model.count_params() == 935984
+    assert model.count_params() == 784 * 500 + 500 + 2 * (500 * 100 + 100) + 100 * 500 + 500 + 500 * 784 + 784
+
+
+def test_vae_shapes_and_where_the_competition_applies():
+    x = tf.random.stateless_uniform((5, 784), seed=[1, 2])
+    model = network.VAE("lwta")
+    mean, log_variance = model.encode(x)
+    assert mean.shape == log_variance.shape == (5, 100)
+    # As in the original, one unit of every block of the mean and log-variance heads is zeroed ...
+    assert (np.count_nonzero(mean.numpy().reshape(5, 50, 2), axis=-1) == 1).all()
+    assert (np.count_nonzero(log_variance.numpy().reshape(5, 50, 2), axis=-1) == 1).all()
+    # ... unless the competition is restricted to the hidden layers.
+    hidden_only = network.VAE("lwta", compete_latent=False)
+    assert np.count_nonzero(hidden_only.encode(x)[0].numpy()) == 5 * 100
+    reconstruction = model(x).numpy()
+    assert reconstruction.shape == (5, 784) and ((reconstruction > 0) & (reconstruction < 1)).all()
+    assert model.decode(mean).shape == (5, 784)
+
+
+def test_initialisation_is_truncated_normal_with_stddev_0_1():
+    keras_seed = 3
+    tf.keras.utils.set_random_seed(keras_seed)
+    kernel = network.VAE("none").encoder_hidden.kernel.numpy().ravel()
+    bias = network.VAE("none").encoder_hidden.bias.numpy()
+    assert np.abs(kernel).max() <= 0.2 + 1e-6 and np.abs(bias).max() <= 0.2 + 1e-6
+    # A normal(0, 0.1) truncated at 2 sigma has standard deviation 0.1 * 0.8796.
+    expected = 0.1 * 0.8796
+    assert abs(kernel.std() - expected) < 5 * expected / math.sqrt(2 * kernel.size)
+    assert bias.std() > 0.05, "biases are random too, not zeros"
+
+
+# ---------------------------------------------------------------------------
+# Loss
+
+
+def test_loss_matches_a_hand_computed_case():
+    x = tf.constant([[0.0, 1.0, 0.5, 0.25]])
+    logits = tf.constant([[0.0, 2.0, -1.0, 0.5]])
+    mean = tf.constant([[0.5, -1.0]])
+    log_variance = tf.constant([[0.0, math.log(2.0)]])
+    probabilities = 1 / (1 + np.exp(-np.array([0.0, 2.0, -1.0, 0.5])))
+    squared_error = ((np.array([0.0, 1.0, 0.5, 0.25]) - probabilities) ** 2).sum()
+    kl = 0.5 * ((1 + 0.25 - 1 - 0) + (2 + 1 - 1 - math.log(2)))
+    total, reconstruction, kl_value = utils.negative_elbo(x, mean, log_variance, logits, "mse")
+    np.testing.assert_allclose(reconstruction.numpy(), [squared_error + 2 * math.log(math.pi)], rtol=1e-6)
+    np.testing.assert_allclose(kl_value.numpy(), [kl], rtol=1e-6)
+    np.testing.assert_allclose(total.numpy(), [squared_error + 2 * math.log(math.pi) + kl], rtol=1e-6)
+    targets = np.array([0.0, 1.0, 0.5, 0.25])
+    bce = -(targets * np.log(probabilities) + (1 - targets) * np.log(1 - probabilities)).sum()
+    np.testing.assert_allclose(utils.reconstruction_loss(x, logits, "bce").numpy(), [bce], rtol=1e-6)
+
+
+def test_mse_loss_is_the_gaussian_negative_log_likelihood_with_variance_one_half():
+    x = tf.random.stateless_uniform((3, 784), seed=[1, 1])
+    logits = tf.random.stateless_normal((3, 784), seed=[2, 2])
+    mean = tf.sigmoid(logits).numpy()
+    gaussian = -(-0.5 * np.log(2 * np.pi * 0.5) - (x.numpy() - mean) ** 2 / (2 * 0.5)).sum(-1)
+    np.testing.assert_allclose(utils.reconstruction_loss(x, logits, "mse").numpy(), gaussian, rtol=1e-5)
+
+
+def test_original_scale_conversion():
+    squared_error, kl = 30.0, 12.0
+    nats = squared_error + kl + 392 * math.log(math.pi)
+    assert utils.to_original_scale(nats) == pytest.approx((squared_error + kl) / 784)
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+
+def test_idx_round_trip(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    labels = np.arange(7, dtype=np.uint8)
+    utils.write_idx(tmp_path / "images.gz", images)
+    utils.write_idx(tmp_path / "labels.gz", labels)
+    np.testing.assert_array_equal(utils.read_idx(tmp_path / "images.gz"), images)
+    np.testing.assert_array_equal(utils.read_idx(tmp_path / "labels.gz"), labels)
+
+
+def write_fake_mnist(folder, train=6000, test=20):
+    """Four IDX files whose every image is filled with its own index (mod 256), so splits can be checked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        images = np.broadcast_to((np.arange(count) % 256).astype(np.uint8)[:, None, None], (count, 28, 28))
+        utils.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        utils.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count) % 10)
+    return folder
+
+
+def test_splits_follow_the_original(tmp_path):
+    dataset = utils.load_dataset(data_dir=write_fake_mnist(tmp_path / "mnist"), train_examples=700, validation_examples=30)
+    assert dataset.validation.images.shape == (30, 784) and dataset.train.images.shape == (700, 784)
+    np.testing.assert_allclose(dataset.validation.images[:, 0] * 255, np.arange(30), atol=1e-4)
+    np.testing.assert_allclose(dataset.train.images[:, 0] * 255, (5000 + np.arange(700)) % 256, atol=1e-4)
+    assert dataset.test.images.shape == (20, 784) and dataset.test.images.dtype == np.float32
+    np.testing.assert_array_equal(dataset.train.labels, (5000 + np.arange(700)) % 10)
+
+
+def test_real_mnist_splits():
+    dataset = utils.load_dataset()
+    assert dataset.train.images.shape == (10000, 784) and dataset.validation.images.shape == (1000, 784)
+    assert dataset.test.images.shape == (10000, 784)
+    assert dataset.train.images.min() == 0.0 and dataset.train.images.max() == 1.0
+    # The original's comparison figure shows the first ten training digits as its validation row.
+    np.testing.assert_array_equal(dataset.validation.labels[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
+
+
+def test_environment_variable_names_the_data_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_DATA_DIR", str(write_fake_mnist(tmp_path / "env")))
+    assert utils.load_dataset(train_examples=10, validation_examples=5).test.images.shape == (20, 784)
+
+
+def test_npz_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = dict(x_train=rng.integers(0, 256, (6000, 28, 28), dtype=np.uint8), y_train=np.zeros(6000, np.uint8),
+                  x_test=rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), y_test=np.zeros(10, np.uint8))
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    dataset = utils.load_dataset(data_dir=tmp_path, train_examples=100, validation_examples=10)
+    np.testing.assert_allclose(dataset.validation.images, arrays["x_train"][:10].reshape(10, 784) / 255.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("magic", "wrong magic number"),
+    ("truncate", "truncated or corrupt"),
+    ("count", "truncated or corrupt"),
+])
+def test_corrupt_idx_files_are_clear_errors(tmp_path, damage, message):
+    folder = write_fake_mnist(tmp_path / "mnist")
+    path = folder / "train-images-idx3-ubyte.gz"
+    raw = utils.read_idx(path)
+    header_and_body = gzip.decompress(path.read_bytes())
+    if damage == "magic":
+        path.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + header_and_body[4:]))  # a labels magic
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:  # the header claims more images than the file holds
+        count = (raw.shape[0] + 5).to_bytes(4, "big")
+        path.write_bytes(gzip.compress(header_and_body[:4] + count + header_and_body[8:]))
+    with pytest.raises(utils.DataError, match=message):
+        utils.load_dataset(data_dir=folder, train_examples=10, validation_examples=5)
+
+
+def test_missing_folder_and_missing_files_are_clear_errors(tmp_path):
+    with pytest.raises(utils.DataError, match="does not exist"):
+        utils.load_dataset(data_dir=tmp_path / "nowhere")
+    with pytest.raises(utils.DataError, match="missing train-labels-idx1-ubyte.gz, t10k-images"):
+        (tmp_path / "partial").mkdir()
+        utils.write_idx(tmp_path / "partial" / "train-images-idx3-ubyte.gz", np.zeros((1, 28, 28)))
+        utils.load_dataset(data_dir=tmp_path / "partial")
+
+
+def test_batches_cover_each_epoch_once_and_straddle_epochs():
+    indices = func.batch_indices(seed=3, first_step=0, steps=7, batch_size=30, examples=100).ravel()
+    assert sorted(indices[:100]) == list(range(100)) and sorted(indices[100:200]) == list(range(100))
+    assert (indices[:100] != indices[100:200]).any(), "reshuffled every epoch"
+    later = func.batch_indices(seed=3, first_step=4, steps=3, batch_size=30, examples=100).ravel()
+    np.testing.assert_array_equal(later, indices[120:210])
+
+
+# ---------------------------------------------------------------------------
+# Training, saving, loading
+
+
+def test_same_seed_same_numbers_and_another_seed_differs(tmp_path):
+    dataset = utils.load_dataset(train_examples=300, validation_examples=50)
+    runs = {name: func.train(tiny_config(layer_structure="p-lwta", seed=seed), tmp_path / name, dataset=dataset,
+                             progress=False)
+            for name, seed in (("a", 5), ("b", 5), ("c", 6))}
+    losses = {name: [row[1:3] for row in history] for name, history in runs.items()}
+    assert losses["a"] == losses["b"]
+    assert losses["a"] != losses["c"]
+    assert func.read_metrics_csv(tmp_path / "a" / "metrics.csv")[-1][:3] == runs["a"][-1][:3]
+
+
+@pytest.mark.parametrize("structure", network.LAYER_STRUCTURES)
+def test_save_load_round_trip_gives_identical_outputs(tmp_path, structure):
+    dataset = utils.load_dataset(train_examples=300, validation_examples=50)
+    config = tiny_config(layer_structure=structure, steps=10)
+    func.train(config, tmp_path / "model", dataset=dataset, progress=False)
+    trainer = func.Trainer(config, dataset.train.images, dataset.validation.images)
+    func._restore_training_state(trainer, tmp_path / "model")
+    loaded, loaded_config = func.load_model(tmp_path / "model")
+    assert loaded_config == config
+    x = tf.constant(dataset.validation.images[:8])
+    seed = tf.constant([1, 2], tf.int64)
+    for training in (False, True):
+        np.testing.assert_array_equal(loaded(x, training=training, seed=seed).numpy(),
+                                      trainer.model(x, training=training, seed=seed).numpy())
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["layer_structure"] == structure
+
+
+def test_validation_loss_is_the_negative_elbo_in_inference_mode(tmp_path):
+    dataset = utils.load_dataset(train_examples=300, validation_examples=50)
+    config = tiny_config(layer_structure="p-lwta", steps=10)
+    history = func.train(config, tmp_path / "model", dataset=dataset, progress=False)
+    model, _ = func.load_model(tmp_path / "model")
+    x = tf.constant(dataset.validation.images)
+    seed = tf.random.experimental.stateless_fold_in(func._stream_seed(config.seed, func._VALIDATION_STREAM), tf.constant(10, tf.int64))
+    mean, log_variance, logits = model.forward(x, training=False, seed=seed)
+    expected = tf.reduce_mean(utils.negative_elbo(x, mean, log_variance, logits, "mse")[0]).numpy()
+    assert history[-1][2] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_training_lowers_the_validation_loss(tmp_path):
+    history = func.train(tiny_config(steps=60), tmp_path / "model", progress=False)
+    assert history[-1][2] < history[0][2] - 10
+
+
+def test_cli_train_then_reconstruct(tmp_path):
+    model_dir = tmp_path / "model"
+    trained = run_cli("train", "--layer-structure", "lwta", "--steps", 20, "--train-examples", 200,
+                      "--validation-examples", 20, "--model-path", model_dir)
+    assert trained.returncode == 0, trained.stderr
+    assert {"checkpoint.npz", "config.json", "metrics.csv", "tensorboard"} <= {p.name for p in model_dir.iterdir()}
+    assert any((model_dir / "tensorboard").iterdir())
+    rows = func.read_metrics_csv(model_dir / "metrics.csv")
+    assert [row[0] for row in rows] == [10, 20]
+    assert (model_dir / "metrics.csv").read_text().splitlines()[0] == "step,training_loss,validation_loss,elapsed_seconds"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["layer_structure"] == "lwta" and config["steps"] == 20 and config["learning_rate"] == 0.001
+
+    for spelling in ("--mnist_index", "--mnist-index"):
+        output = tmp_path / f"digit{spelling}"  # ".png" is appended
+        made = run_cli("reconstruct", "--model-path", model_dir, "--output-path", output, spelling, 7)
+        assert made.returncode == 0, made.stderr
+        image = Image.open(f"{output}.png")
+        assert image.size == (28, 28) and image.mode == "L"
+
+    grid = run_cli("reconstruct", "--model-path", model_dir, "--output-path", tmp_path / "grid.png", "--grid", 5)
+    assert grid.returncode == 0, grid.stderr
+    assert Image.open(tmp_path / "grid.png").size == (140, 56)
+
+    wrong = run_cli("reconstruct", "--model-path", model_dir, "--output-path", tmp_path / "x.png",
+                    "--layer-structure", "none")
+    assert wrong.returncode == 2 and "disagrees" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_reconstruct_decodes_the_posterior_mean_unless_sampling(tmp_path):
+    config = tiny_config(steps=10)
+    func.train(config, tmp_path / "model", progress=False)
+    paths = [func.reconstruct(tmp_path / "model", tmp_path / f"{name}.png", index=3, sample=sample, seed=seed)
+             for name, sample, seed in (("mean1", False, 1), ("mean2", False, 2), ("sample1", True, 1), ("sample2", True, 2))]
+    pixels = [np.asarray(Image.open(path)) for path in paths]
+    np.testing.assert_array_equal(pixels[0], pixels[1])
+    assert (pixels[2] != pixels[3]).any()
+    model, _ = func.load_model(tmp_path / "model")
+    validation = func.load_data(config).validation.images
+    mean, _ = model.encode(validation[3:4])
+    np.testing.assert_array_equal(pixels[0], utils.to_uint8(model.decode(mean).numpy().reshape(28, 28)))
