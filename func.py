@@ -367,10 +367,9 @@ def prepare_model_dir(model_dir, resume, overwrite):
         raise UsageError("--resume and --overwrite exclude each other")
     if model_dir.exists() and not model_dir.is_dir():
         raise UsageError(f"--model-path {model_dir} is a file; it must name a directory")
-    exists = model_dir.is_dir() and any(model_dir.iterdir())
     if resume and not has_model(model_dir):
         raise UsageError(f"--resume: {model_dir} holds no checkpoint to resume from")
-    if exists and not resume and not overwrite:
+    if has_model(model_dir) and not resume and not overwrite:
         raise UsageError(f"{model_dir} already exists; pass --resume to continue it or --overwrite to replace it")
     utils.check_writable(model_dir / CHECKPOINT_FILE)
 
@@ -435,8 +434,8 @@ def train(config, model_dir, overwrite=False, dataset=None, progress=True, label
     """
     prepare_model_dir(model_dir, resume=False, overwrite=overwrite)
     config.validate()
-    if overwrite:
-        shutil.rmtree(Path(model_dir) / TENSORBOARD_DIR, ignore_errors=True)
+    dataset = dataset or load_data(config)
+    shutil.rmtree(Path(model_dir) / TENSORBOARD_DIR, ignore_errors=True)  # curves of a replaced run
     return _run(config, Path(model_dir), False, dataset, progress, label)
 
 
@@ -481,9 +480,11 @@ def _run(config, model_dir, resumed, dataset, progress, label):
             losses = trainer.train_interval(tf.constant(step, tf.int64), tf.constant(indices)).numpy()
             bad = _first_nonfinite(losses)
             if bad is not None:
+                kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {model_dir}"
+                        if last_checkpoint > 0 else "no checkpoint of this run was saved")
                 raise TrainingDiverged(
-                    f"the training loss became {losses[bad]} at step {step + bad + 1}; the last good checkpoint "
-                    f"(step {last_checkpoint}) is kept in {model_dir}. Try a smaller --learning-rate"
+                    f"the training loss became {losses[bad]} at step {step + bad + 1}; {kept}. "
+                    "Try a smaller --learning-rate"
                 )
             step += count
             validation_loss = float(trainer.validation_loss(tf.constant(step, tf.int64)))

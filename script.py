@@ -209,6 +209,8 @@ def main(argv=None):
         return fail(args, error, 1, debug)
     except func.TrainingInterrupted as error:
         return fail(args, error, error.exit_status, debug)
+    except KeyboardInterrupt:
+        return fail(args, KeyboardInterrupt("interrupted by Ctrl-C (every file is written whole or not at all)"), 130, debug)
     return 0
 
 

@@ -1,0 +1,317 @@
+"""User mistakes give one clear line and change nothing; interrupted runs resume exactly.
+
+Every case runs script.py in a subprocess, as a user would, and checks the exit
+status, the message, the absence of a traceback and the files before and after.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import func
+import utils
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--train-examples", "300", "--validation-examples", "50", "--hidden-units", "40", "--latent-dim", "10"]
+
+
+def command(*args):
+    return [sys.executable, str(ROOT / "script.py"), *map(str, args)]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(command(*args), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def snapshot(folder):
+    """{relative path: sha256} of every file under `folder`."""
+    folder = Path(folder)
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def assert_clean_failure(result, status, message):
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A small trained model, shared read-only by the tests (each test copies it before damaging it)."""
+    folder = tmp_path_factory.mktemp("model") / "lwta"
+    func.train(func.TrainConfig(layer_structure="lwta", steps=20, train_examples=300, validation_examples=50,
+                                hidden_units=40, latent_dim=10), folder, progress=False)
+    return folder
+
+
+def copy_model(model_dir, tmp_path):
+    return Path(shutil.copytree(model_dir, tmp_path / "copy"))
+
+
+# ---------------------------------------------------------------------------
+# Model directories
+
+
+def test_missing_model_directory(tmp_path):
+    result = run_cli("reconstruct", "--model-path", tmp_path / "nowhere", "--output-path", tmp_path / "x.png")
+    assert_clean_failure(result, 1, "does not exist")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_directory_without_a_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("reconstruct", "--model-path", tmp_path / "empty", "--output-path", tmp_path / "x.png")
+    assert_clean_failure(result, 1, "holds no model")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_truncated_or_corrupt_model(model_dir, tmp_path, damage):
+    copy = copy_model(model_dir, tmp_path)
+    checkpoint = copy / func.CHECKPOINT_FILE
+    raw = checkpoint.read_bytes()
+    checkpoint.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else os.urandom(len(raw)))
+    before = snapshot(copy)
+    result = run_cli("reconstruct", "--model-path", copy, "--output-path", tmp_path / "x.png")
+    assert_clean_failure(result, 1, "truncated or corrupt")
+    assert snapshot(copy) == before
+
+
+def test_configuration_that_does_not_match_the_weights(model_dir, tmp_path):
+    copy = copy_model(model_dir, tmp_path)
+    config = json.loads((copy / "config.json").read_text())
+    config["hidden_units"] = 60
+    (copy / "config.json").write_text(json.dumps(config))
+    result = run_cli("reconstruct", "--model-path", copy, "--output-path", tmp_path / "x.png")
+    assert_clean_failure(result, 1, "does not match the weights")
+
+
+def test_checkpoint_whose_arrays_do_not_match_its_configuration(model_dir, tmp_path):
+    copy = copy_model(model_dir, tmp_path)
+    with np.load(copy / func.CHECKPOINT_FILE) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["model_000"] = arrays["model_000"][:, :20]
+    np.savez(copy / func.CHECKPOINT_FILE, **arrays)
+    result = run_cli("reconstruct", "--model-path", copy, "--output-path", tmp_path / "x.png")
+    assert_clean_failure(result, 1, "has shape (784, 20) in the checkpoint but (784, 40)")
+
+
+def test_layer_structure_that_disagrees_with_the_saved_model(model_dir, tmp_path):
+    before = snapshot(model_dir)
+    result = run_cli("reconstruct", "--model-path", model_dir, "--output-path", tmp_path / "x.png",
+                     "--layer-structure", "p-lwta")
+    assert_clean_failure(result, 2, "--layer-structure p-lwta disagrees with the model")
+    resumed = run_cli("train", "--model-path", model_dir, "--resume", "--layer-structure", "none", "--steps", 40)
+    assert_clean_failure(resumed, 2, "--layer-structure none disagrees with the saved run's lwta")
+    assert snapshot(model_dir) == before
+
+
+@pytest.mark.parametrize("index", [50, -1])
+def test_mnist_index_outside_the_split(model_dir, tmp_path, index):
+    result = run_cli("reconstruct", "--model-path", model_dir, "--output-path", tmp_path / "x.png",
+                     "--mnist_index", index)
+    assert_clean_failure(result, 2, "outside the validation split (0 to 49)")
+
+
+def test_existing_model_directory_needs_resume_or_overwrite(model_dir):
+    before = snapshot(model_dir)
+    result = run_cli("train", "--layer-structure", "lwta", "--steps", 10, "--model-path", model_dir, *SMALL)
+    assert_clean_failure(result, 2, "already exists; pass --resume to continue it or --overwrite")
+    assert snapshot(model_dir) == before
+
+
+# ---------------------------------------------------------------------------
+# Flag values
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    (["--batch-size", "-5"], "argument --batch-size: must be at least 1, got -5"),
+    (["--learning-rate", "0"], "argument --learning-rate: must be a positive number, got 0"),
+    (["--learning-rate", "nan"], "argument --learning-rate: must be a positive number"),
+    (["--train-examples", "0"], "argument --train-examples: must be at least 1"),
+    (["--batch-size", "400"], "--batch-size 400 is larger than the 300 training examples"),
+    (["--train-examples", "60000"], "--train-examples must be between 1 and 55000"),
+    (["--layer-structure", "lwta", "--block-size", "3"], "block size 3 does not divide the layer width 40"),
+    (["--layer-structure", "dropout"], "argument --layer-structure: invalid choice"),
+])
+def test_bad_training_flags(tmp_path, flags, message):
+    result = run_cli("train", "--model-path", tmp_path / "model", *SMALL, *flags)
+    assert_clean_failure(result, 2, message)
+    assert not (tmp_path / "model").exists()
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+
+def fake_mnist(folder):
+    folder.mkdir(parents=True)
+    for prefix, count in (("train", 5400), ("t10k", 10)):
+        utils.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.zeros((count, 28, 28)))
+        utils.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.zeros(count))
+    return folder
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing folder", "does not exist"),
+    ("wrong file", "wrong magic number 2049; expected 2051"),
+    ("truncated gz", "truncated or corrupt"),
+    ("missing file", "missing t10k-labels-idx1-ubyte.gz"),
+])
+def test_bad_data_folder(tmp_path, damage, message):
+    folder = tmp_path / "data"
+    if damage != "missing folder":
+        fake_mnist(folder)
+    images = folder / "train-images-idx3-ubyte.gz"
+    if damage == "wrong file":
+        shutil.copy(folder / "train-labels-idx1-ubyte.gz", images)
+    elif damage == "truncated gz":
+        images.write_bytes(images.read_bytes()[:-40])
+    elif damage == "missing file":
+        (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    result = run_cli("train", "--model-path", tmp_path / "model", "--data-dir", folder, *SMALL)
+    assert_clean_failure(result, 1, message)
+    assert not (tmp_path / "model").exists()
+
+
+def test_failing_overwrite_leaves_the_old_model(model_dir, tmp_path):
+    copy = copy_model(model_dir, tmp_path)
+    before = snapshot(copy)
+    result = run_cli("train", "--layer-structure", "lwta", "--model-path", copy, "--overwrite",
+                     "--data-dir", tmp_path / "nowhere", *SMALL)
+    assert_clean_failure(result, 1, "does not exist")
+    assert snapshot(copy) == before
+
+
+# ---------------------------------------------------------------------------
+# Outputs
+
+
+def test_output_path_that_cannot_be_written(model_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_cli("reconstruct", "--model-path", model_dir, "--output-path", blocker / "digit.png")
+    assert_clean_failure(result, 1, "cannot write")
+    trained = run_cli("train", "--model-path", blocker / "model", *SMALL)
+    assert_clean_failure(trained, 1, "cannot write")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    for flags, env in (((), {"WTA_VAE_DEBUG": "1"}), (("--debug",), None)):
+        result = run_cli(*flags, "reconstruct", "--model-path", tmp_path / "nowhere", "--output-path", tmp_path / "x.png",
+                         env=env)
+        assert result.returncode != 0 and "Traceback" in result.stderr and "does not exist" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Interrupted and diverging runs
+
+RESUMABLE = ["--layer-structure", "p-lwta", "--steps", "1000", "--checkpoint-interval", "100",
+             "--train-examples", "2000", "--validation-examples", "200"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference") / "model"
+    result = run_cli("train", "--model-path", folder, *RESUMABLE)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def checkpoint_arrays(folder):
+    with np.load(folder / func.CHECKPOINT_FILE) as npz:
+        return {name: npz[name] for name in npz.files if name not in ("elapsed", "history")}
+
+
+def losses(folder):
+    return [row[:3] for row in func.read_metrics_csv(folder / func.METRICS_FILE)]
+
+
+def start_and_stop(folder, how):
+    """Start a training subprocess, wait for its first checkpoint, then stop it with signal `how`."""
+    process = subprocess.Popen(command("train", "--model-path", folder, *RESUMABLE),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (folder / func.CHECKPOINT_FILE).exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(how)
+    stdout, stderr = process.communicate(timeout=120)
+    return process.returncode, stdout, stderr
+
+
+def assert_same_run(resumed, uninterrupted):
+    assert losses(resumed) == losses(uninterrupted)
+    reference = checkpoint_arrays(uninterrupted)
+    final = checkpoint_arrays(resumed)
+    assert final.keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_array_equal(final[name], reference[name], err_msg=name)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, uninterrupted):
+    folder = tmp_path / "model"
+    status, _, _ = start_and_stop(folder, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    stopped_at = losses(folder)[-1][0]
+    assert 100 <= stopped_at < 1000, "killed between its first checkpoint and its end"
+    result = run_cli("train", "--model-path", folder, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(folder, uninterrupted)
+
+
+def test_terminated_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, uninterrupted):
+    folder = tmp_path / "model"
+    status, _, stderr = start_and_stop(folder, signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM
+    assert "Traceback" not in stderr and f"--model-path {folder} --resume" in stderr
+    stopped_at = losses(folder)[-1][0]
+    assert stopped_at % 10 == 0 and stopped_at < 1000
+    assert checkpoint_arrays(folder)["optimizer_000"] == stopped_at, "the checkpoint holds the interrupted step"
+    result = run_cli("train", "--model-path", folder, "--resume", "--layer-structure", "p-lwta")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(folder, uninterrupted)
+
+
+def test_resume_can_extend_a_finished_run(tmp_path, uninterrupted):
+    folder = Path(shutil.copytree(uninterrupted, tmp_path / "model"))
+    result = run_cli("train", "--model-path", folder, "--resume", "--steps", 1020)
+    assert result.returncode == 0, result.stderr
+    assert [row[0] for row in losses(folder)][-3:] == [1000, 1010, 1020]
+    assert losses(folder)[:100] == losses(uninterrupted)
+
+
+def test_diverging_run_stops_with_the_step_and_writes_nothing(tmp_path):
+    result = run_cli("train", "--model-path", tmp_path / "model", "--learning-rate", "1e30", *SMALL)
+    assert_clean_failure(result, 1, "the training loss became nan at step 2; no checkpoint of this run was saved")
+    assert not (tmp_path / "model" / func.CHECKPOINT_FILE).exists()
+
+
+def test_diverging_run_keeps_the_last_good_checkpoint(model_dir, tmp_path, monkeypatch):
+    copy = copy_model(model_dir, tmp_path)
+    before = snapshot(copy)
+    honest_step = func.Trainer.train_step
+
+    def diverging_step(self, images, step):
+        return honest_step(self, images, step) * float("nan")
+
+    monkeypatch.setattr(func.Trainer, "train_step", diverging_step)
+    with pytest.raises(func.TrainingDiverged, match=r"at step 21; the last good checkpoint \(step 20\) is kept"):
+        func.resume(copy, {"steps": 40}, progress=False)
+    assert {name: digest for name, digest in snapshot(copy).items() if not name.startswith("tensorboard")} == \
+           {name: digest for name, digest in before.items() if not name.startswith("tensorboard")}
