@@ -171,13 +171,21 @@ def batch_indices(seed, first_step, steps, batch_size, examples):
 
 
 def _stream_seed(seed, stream):
-    return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), stream)
+    return network.fold_in(tf.constant([seed, 0], tf.int64), stream)
 
 
 class Trainer:
-    """A model, its optimizer and the compiled functions that train and validate it."""
+    """A model, its optimizer and the compiled functions that train and validate it.
 
-    def __init__(self, config, train_images, validation_images):
+    `train_interval` runs many steps in one XLA-compiled call, gathering each
+    batch by index from the training images held as one tensor: on a CPU the
+    per-step Python dispatch and the many small kernels of Adam and LWTA cost
+    more than the matrix products.  `jit_compile=False` gives the plain graph.
+    XLA draws other (equally valid) random numbers than TensorFlow's kernels for
+    the same seed, so a seed reproduces a run on the same path only.
+    """
+
+    def __init__(self, config, train_images, validation_images, jit_compile=True):
         keras.utils.set_random_seed(config.seed)
         self.config = config
         self.model = network.VAE(**config.model_arguments())
@@ -191,6 +199,7 @@ class Trainer:
         self.train_interval = tf.function(
             self._train_interval,
             input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([None, None], tf.int32)],
+            jit_compile=jit_compile,
         )
         self.validation_loss = tf.function(self._validation_loss, input_signature=[tf.TensorSpec([], tf.int64)])
 
@@ -204,9 +213,9 @@ class Trainer:
     def train_step(self, images, step):
         """One Adam update on `images`; returns the batch's negative ELBO (beta = 1), in nats per image."""
         if self.config.binarize == "dynamic":
-            draw = tf.random.stateless_uniform(tf.shape(images), tf.random.experimental.stateless_fold_in(self.binarization_seed, step))
+            draw = network.uniform(tf.shape(images), network.fold_in(self.binarization_seed, step))
             images = tf.cast(draw < images, images.dtype)
-        seed = tf.random.experimental.stateless_fold_in(self.noise_seed, step)
+        seed = network.fold_in(self.noise_seed, step)
         with tf.GradientTape() as tape:
             mean, log_variance, logits = self.model.forward(images, training=True, seed=seed)
             _, reconstruction, kl = utils.negative_elbo(images, mean, log_variance, logits, self.config.loss)
@@ -226,7 +235,7 @@ class Trainer:
 
     def _validation_loss(self, step):
         """Negative ELBO on the whole validation set, inference mode, z sampled (seeded by `step`)."""
-        seed = tf.random.experimental.stateless_fold_in(self.validation_seed, step)
+        seed = network.fold_in(self.validation_seed, step)
         mean, log_variance, logits = self.model.forward(self.validation_images, training=False, seed=seed)
         total, _, _ = utils.negative_elbo(self.validation_images, mean, log_variance, logits, self.config.loss)
         return tf.reduce_mean(total)
@@ -538,3 +547,80 @@ def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_
         picture = utils.tile_images(reconstruct_images(model, images[index : index + 1], sample, seed), 1)
     utils.save_grayscale_png(output_path, picture)
     return output_path
+
+
+# ---------------------------------------------------------------------------
+# The original's experiments: train_*.py, create_comparison_figure.py, compare_learning.py
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """The settings of one of the original's train_*.py scripts, and the model's label in figures."""
+
+    layer_structure: str
+    learning_rate: float
+    batch_size: int
+    steps: int
+    label: str
+
+
+# Folder name under saved_models/ -> the original's settings.  p-LWTA alone had learning rate 1e-4 and
+# batch 1,000, so the original's comparison is not like for like; kept for fidelity.
+EXPERIMENTS = {
+    "default": Experiment("none", 1e-3, 100, 2000, "ReLU (none)"),
+    "lwta": Experiment("lwta", 1e-3, 100, 2000, "LWTA"),
+    "p-lwta": Experiment("p-lwta", 1e-4, 1000, 2000, "p-LWTA"),
+}
+RESULTS_DIR = "results"
+RECONSTRUCTED_DIGITS = 10  # the first validation digits, reconstructed after training
+
+
+def experiment_config(name, **overrides):
+    """The TrainConfig of experiment `name`: the original's settings, changed by `overrides` (TrainConfig fields)."""
+    if name not in EXPERIMENTS:
+        raise UsageError(f"unknown experiment {name!r}; use one of {', '.join(EXPERIMENTS)}")
+    settings = EXPERIMENTS[name]
+    config = TrainConfig(layer_structure=settings.layer_structure, learning_rate=settings.learning_rate,
+                         batch_size=settings.batch_size, steps=settings.steps)
+    config = dataclasses.replace(config, **overrides)
+    if config.validation_examples < RECONSTRUCTED_DIGITS:
+        raise UsageError(f"--validation-examples must be at least {RECONSTRUCTED_DIGITS}, the digits that are "
+                         f"reconstructed; got {config.validation_examples}")
+    return config
+
+
+def result_paths(model_dir):
+    """Where the reconstructions of a model go: model_dir/results/mnist_0.png ... mnist_9.png."""
+    return [Path(model_dir) / RESULTS_DIR / f"mnist_{index}.png" for index in range(RECONSTRUCTED_DIGITS)]
+
+
+def write_reconstructions(model_dir, dataset):
+    """Reconstruct the first validation digits of `dataset` with the saved model (posterior mean, inference
+    mode) and write each as a 28x28 grayscale PNG; returns the paths."""
+    model, config = load_model(model_dir)
+    images = evaluation_images(config, dataset.validation)[:RECONSTRUCTED_DIGITS]
+    paths = result_paths(model_dir)
+    for path, reconstruction in zip(paths, reconstruct_images(model, images)):
+        utils.save_grayscale_png(path, reconstruction.reshape(utils.IMAGE_SIDE, utils.IMAGE_SIDE))
+    return paths
+
+
+def train_and_reconstruct(name, models_dir="saved_models", overwrite=False, dataset=None, progress=True, **overrides):
+    """One round of a train_*.py script: train experiment `name` into models_dir/name, then write its results.
+
+    `overrides` change the original's settings (TrainConfig fields, e.g. steps=20).  Prints the settings
+    first.  `dataset` may be passed to reuse loaded data.  Returns the metrics history.
+    """
+    config = experiment_config(name, **overrides)
+    config.validate()
+    model_dir = Path(models_dir) / name
+    if has_model(model_dir) and not overwrite:
+        raise UsageError(f"{model_dir} already exists; pass --overwrite to replace it")
+    print(f"{name}: layer structure {config.layer_structure}, learning rate {config.learning_rate:g}, "
+          f"batch size {config.batch_size}, {config.steps} steps, seed {config.seed}, {config.train_examples} "
+          f"training and {config.validation_examples} validation images -> {model_dir}", flush=True)
+    shutil.rmtree(model_dir / RESULTS_DIR, ignore_errors=True)  # never leave a replaced model's results behind
+    dataset = dataset or load_data(config)
+    history = train(config, model_dir, overwrite=overwrite, dataset=dataset, progress=progress)
+    write_reconstructions(model_dir, dataset)
+    return history

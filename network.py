@@ -43,17 +43,34 @@ def _from_blocks(blocks, like):
     return tf.reshape(blocks, tf.shape(like))
 
 
-def _uniform(shape, seed, dtype):
-    if seed is None:
-        return keras.random.uniform(shape, dtype=dtype)
-    return tf.random.stateless_uniform(shape, seed, dtype=dtype)
+# One fixed algorithm, so that compiled (XLA) and plain graphs draw the same numbers.
+RANDOM_ALGORITHM = "philox"
+
+
+def fold_in(seed, data):
+    """A new stateless seed from `seed` and an integer `data` (a step, a stream number)."""
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64), alg=RANDOM_ALGORITHM)
 
 
 def split_seed(seed, count):
     """`count` independent seeds derived from `seed` (a list of None when `seed` is None)."""
     if seed is None:
         return [None] * count
-    return tf.unstack(tf.random.experimental.stateless_split(seed, count))
+    return tf.unstack(tf.random.experimental.stateless_split(seed, count, alg=RANDOM_ALGORITHM))
+
+
+def uniform(shape, seed, dtype=tf.float32):
+    """U[0, 1) draws: stateless from `seed`, or from Keras's global generator when `seed` is None."""
+    if seed is None:
+        return keras.random.uniform(shape, dtype=dtype)
+    return tf.random.stateless_uniform(shape, seed, dtype=dtype, alg=RANDOM_ALGORITHM)
+
+
+def normal(shape, seed, dtype=tf.float32):
+    """N(0, 1) draws, seeded like :func:`uniform`."""
+    if seed is None:
+        return keras.random.normal(shape, dtype=dtype)
+    return tf.random.stateless_normal(shape, seed, dtype=dtype, alg=RANDOM_ALGORITHM)
 
 
 def lwta(x, block_size=2):
@@ -75,20 +92,22 @@ def probabilistic_lwta(x, training, block_size=2, seed=None):
     """Probabilistic local winner-take-all over the last axis of `x`.
 
     Training: in each block exactly one unit survives, drawn from the softmax of
-    the block's values (Gumbel-max, i.e. an exact categorical draw); it keeps its
-    raw value, unscaled, and the others output 0.  No gradient flows through the
-    choice, only through the survivor's value.
+    the block's values; it keeps its raw value, unscaled, and the others output
+    0.  The draw inverts the block's cumulative softmax at one uniform number per
+    block (for blocks of 2: unit 0 survives when u < p0, as in the original).  No
+    gradient flows through the choice, only through the survivor's value.
 
     Inference: every unit is multiplied by its softmax probability, which is the
     expected training output for a fixed input.
     """
     blocks = _as_blocks(x, block_size)
+    probabilities = tf.nn.softmax(blocks, axis=-1)
     if not training:
-        return _from_blocks(blocks * tf.nn.softmax(blocks, axis=-1), x)
-    uniform = _uniform(tf.shape(blocks), seed, x.dtype)
-    tiny = tf.constant(1e-20, x.dtype)
-    gumbel = -tf.math.log(-tf.math.log(uniform + tiny) + tiny)
-    survivor = tf.one_hot(tf.argmax(blocks + gumbel, axis=-1), block_size, dtype=x.dtype)
+        return _from_blocks(blocks * probabilities, x)
+    threshold = uniform(tf.concat([tf.shape(blocks)[:-1], [1]], 0), seed, x.dtype)
+    below = tf.cast(tf.math.cumsum(probabilities, axis=-1) <= threshold, tf.int32)
+    survivor_index = tf.minimum(tf.reduce_sum(below, axis=-1), block_size - 1)  # rounding may leave the sum < 1
+    survivor = tf.one_hot(survivor_index, block_size, dtype=x.dtype)
     return _from_blocks(blocks * tf.stop_gradient(survivor), x)
 
 
@@ -236,11 +255,7 @@ class VAE(keras.Model):
     @staticmethod
     def reparameterize(mean, log_variance, seed=None):
         """z = mean + exp(log_variance / 2) * epsilon, epsilon ~ N(0, I)."""
-        if seed is None:
-            epsilon = keras.random.normal(tf.shape(mean), dtype=mean.dtype)
-        else:
-            epsilon = tf.random.stateless_normal(tf.shape(mean), seed, dtype=mean.dtype)
-        return mean + tf.exp(0.5 * log_variance) * epsilon
+        return mean + tf.exp(0.5 * log_variance) * normal(tf.shape(mean), seed, mean.dtype)
 
     def decode_logits(self, z, training=False, seed=None):
         """Pre-sigmoid decoder output (numerically stable for the Bernoulli loss)."""

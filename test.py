@@ -344,7 +344,7 @@ def test_validation_loss_is_the_negative_elbo_in_inference_mode(tmp_path):
     history = func.train(config, tmp_path / "model", dataset=dataset, progress=False)
     model, _ = func.load_model(tmp_path / "model")
     x = tf.constant(dataset.validation.images)
-    seed = tf.random.experimental.stateless_fold_in(func._stream_seed(config.seed, func._VALIDATION_STREAM), tf.constant(10, tf.int64))
+    seed = network.fold_in(func._stream_seed(config.seed, func._VALIDATION_STREAM), 10)
     mean, log_variance, logits = model.forward(x, training=False, seed=seed)
     expected = tf.reduce_mean(utils.negative_elbo(x, mean, log_variance, logits, "mse")[0]).numpy()
     assert history[-1][2] == pytest.approx(float(expected), rel=1e-6)
@@ -396,3 +396,36 @@ def test_reconstruct_decodes_the_posterior_mean_unless_sampling(tmp_path):
     validation = func.load_data(config).validation.images
     mean, _ = model.encode(validation[3:4])
     np.testing.assert_array_equal(pixels[0], utils.to_uint8(model.decode(mean).numpy().reshape(28, 28)))
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+@pytest.mark.parametrize("structure", network.LAYER_STRUCTURES)
+def test_multi_step_call_equals_one_step_at_a_time(structure, jit_compile):
+    """The fast path (many steps per compiled call, batches gathered in the graph) computes the plain steps."""
+    dataset = utils.load_dataset(train_examples=300, validation_examples=50)
+    config = tiny_config(layer_structure=structure, batch_size=32)
+    indices = func.batch_indices(config.seed, 0, 12, config.batch_size, 300)
+    fast = func.Trainer(config, dataset.train.images, dataset.validation.images, jit_compile=jit_compile)
+    fast_losses = fast.train_interval(tf.constant(0, tf.int64), tf.constant(indices)).numpy()
+    plain = func.Trainer(config, dataset.train.images, dataset.validation.images, jit_compile=jit_compile)
+    one_step = tf.function(plain.train_step, jit_compile=jit_compile)
+    plain_losses = [one_step(tf.constant(dataset.train.images[batch]), tf.constant(step, tf.int64)).numpy()
+                    for step, batch in enumerate(indices)]
+    np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-5)
+    for fast_weight, plain_weight in zip(fast.model.weights, plain.model.weights):
+        np.testing.assert_allclose(fast_weight.numpy(), plain_weight.numpy(), rtol=1e-4, atol=1e-6)
+    assert fast.step() == plain.step() == 12
+    # Same seed, same path: identical.  A wrong step index or batch would break the match above.
+    again = func.Trainer(config, dataset.train.images, dataset.validation.images, jit_compile=jit_compile)
+    np.testing.assert_array_equal(again.train_interval(tf.constant(0, tf.int64), tf.constant(indices)).numpy(), fast_losses)
+
+
+def test_p_lwta_frequencies_inside_compiled_code():
+    """XLA draws its own random numbers: the survivor frequencies must still follow the softmax."""
+    draws, block = 20000, np.array([0.2, -0.4], dtype=np.float32)
+    compiled = tf.function(lambda x: network.probabilistic_lwta(x, True, 2, seed=tf.constant([3, 9], tf.int64)),
+                           jit_compile=True)
+    survivors = compiled(tf.constant(np.tile(block, (draws, 1)))).numpy() != 0
+    assert (survivors.sum(axis=1) == 1).all()
+    p = np.exp(block) / np.exp(block).sum()
+    assert (np.abs(survivors.mean(axis=0) - p) < 5 * np.sqrt(p * (1 - p) / draws)).all()
