@@ -1,0 +1,158 @@
+"""Validation-loss curves of the three models at two learning rates, as the original README describes them.
+
+    python compare_learning.py               # 6 runs of 5,000 steps -> compare_learning.png, .pdf and .csv
+    python compare_learning.py --from-csv    # redraw the figure from compare_learning.csv, no training
+
+Every run uses batch 100 and records the validation loss (negative ELBO on the
+whole validation set, inference mode) every 10 steps, on one copy of the data.
+(The original VAE script trained at one learning rate for 2,000 steps; its
+README's description, followed here, came from the sibling autoencoder.)
+"""
+
+import argparse
+import csv
+import dataclasses
+import io
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+import experiment
+import func
+import utils
+from utils import DataError
+
+CSV_COLUMNS = ("learning_rate", "layer_structure") + func.METRICS_COLUMNS
+LABELS = {settings.layer_structure: settings.label for settings in func.EXPERIMENTS.values()}
+DEFAULT_LEARNING_RATES = (1e-3, 1e-4)
+DEFAULT_STEPS = 5000
+BATCH_SIZE = 100
+Y_LABEL = "Validation loss (negative ELBO, nats per image)"
+DPI = 300
+PLAIN_NUMBERS = FuncFormatter(lambda value, _: f"{value:g}")
+
+
+def learning_rates(text):
+    """argparse type: comma-separated positive numbers, each at most once."""
+    rates = [experiment.positive_float(part) for part in text.split(",") if part.strip()]
+    if not rates or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(f"must be distinct positive numbers separated by commas, got {text!r}")
+    return rates
+
+
+learning_rates.__name__ = "learning-rate list"  # argparse's "invalid <type> value" message
+
+
+def build_parser():
+    parser = experiment.ArgumentParser(prog="compare_learning.py", description=__doc__.splitlines()[0])
+    flag = parser.add_argument
+    flag("--steps", type=experiment.positive_int, default=DEFAULT_STEPS, help="training steps of every run (default: %(default)s)")
+    flag("--learning-rates", type=learning_rates, default=list(DEFAULT_LEARNING_RATES),
+         help="comma-separated Adam learning rates, one panel each (default: 0.001,0.0001)")
+    experiment.add_data_flags(parser)
+    flag("--output-prefix", default="compare_learning",
+         help="writes <prefix>.png, <prefix>.pdf and <prefix>.csv (default: %(default)s)")
+    flag("--models-dir", default="saved_models",
+         help="the models go to <models-dir>/compare_learning/lr<rate>/<name> (default: %(default)s)")
+    flag("--from-csv", action="store_true", help="redraw the figure from <prefix>.csv without training (default: train)")
+    experiment.add_debug_flag(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return experiment.report_errors("compare_learning.py", lambda: run(args), args.debug)
+
+
+def run(args):
+    csv_path = Path(f"{args.output_prefix}.csv")
+    if args.from_csv:
+        curves = read_csv(csv_path)
+    else:
+        utils.check_writable(csv_path)
+        curves = train_all(args, csv_path)
+    figure = draw(curves)
+    for suffix in (".png", ".pdf"):
+        path = Path(f"{args.output_prefix}{suffix}")
+        utils.save_figure(figure, path, dpi=DPI)
+        print(f"wrote {path}")
+
+
+def train_all(args, csv_path):
+    """Train the three models at every learning rate on one loaded dataset, rewriting the CSV after each run.
+
+    Returns {(learning rate, layer structure): metrics history}.
+    """
+    base = func.TrainConfig(batch_size=BATCH_SIZE, steps=args.steps, seed=args.seed, train_examples=args.train_examples,
+                            validation_examples=args.validation_examples, data_dir=args.data_dir)
+    runs = [(rate, name, dataclasses.replace(base, layer_structure=settings.layer_structure, learning_rate=rate))
+            for rate in args.learning_rates for name, settings in func.EXPERIMENTS.items()]
+    for _, _, config in runs:
+        config.validate()  # before any run, not after an hour of training
+    dataset = func.load_data(base)
+    curves = {}
+    for number, (rate, name, config) in enumerate(runs, 1):
+        label = f"[{number}/{len(runs)} {name} lr={rate:g}] "
+        model_dir = Path(args.models_dir) / "compare_learning" / f"lr{rate:g}" / name
+        print(f"{label}{args.steps} steps, batch {BATCH_SIZE} -> {model_dir}", flush=True)
+        curves[rate, config.layer_structure] = func.train(config, model_dir, overwrite=True, dataset=dataset, label=label)
+        write_csv(csv_path, curves)
+    return curves
+
+
+def write_csv(path, curves):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for (rate, layer_structure), history in curves.items():
+        for step, training, validation, elapsed in history:
+            writer.writerow([repr(rate), layer_structure, int(step), repr(float(training)), repr(float(validation)),
+                             f"{elapsed:.3f}"])
+    utils.atomic_write_text(path, buffer.getvalue())
+
+
+def read_csv(path):
+    """The curves saved by write_csv, in file order."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or ())]
+            if missing:
+                raise DataError(f"{path} lacks the column(s) {', '.join(missing)}; it was not written by compare_learning.py")
+            curves = {}
+            for row in reader:
+                key = (float(row["learning_rate"]), row["layer_structure"])
+                curves.setdefault(key, []).append(tuple(float(row[column]) for column in func.METRICS_COLUMNS))
+    except OSError as error:
+        raise DataError(f"cannot read {path} ({error.strerror or error}); run without --from-csv to create it") from None
+    except (ValueError, TypeError) as error:
+        raise DataError(f"{path} holds a value that is not a number ({error})") from None
+    if not curves:
+        raise DataError(f"{path} holds no curves")
+    return curves
+
+
+def draw(curves):
+    """One panel per learning rate, stacked: validation loss against step on a log scale, a line per model."""
+    rates = list(dict.fromkeys(rate for rate, _ in curves))
+    figure = Figure(figsize=(6.4, 4.2 * len(rates)))
+    panels = figure.subplots(len(rates), 1, sharex=True, squeeze=False)[:, 0]
+    for panel, rate in zip(panels, rates):
+        for (curve_rate, layer_structure), history in curves.items():
+            if curve_rate == rate:
+                steps, _, validation_losses, _ = zip(*history)
+                panel.plot(steps, validation_losses, label=LABELS.get(layer_structure, layer_structure), linewidth=1)
+        panel.set(title=f"Learning rate: {rate:g}", yscale="log")
+        panel.set_ylabel(Y_LABEL, fontsize="small")
+        for axis_ticks in (panel.yaxis.set_major_formatter, panel.yaxis.set_minor_formatter):
+            axis_ticks(PLAIN_NUMBERS)  # 480, not 4.8 x 10^2: the losses span less than a decade
+        panel.legend()
+    panels[-1].set_xlabel("Step")
+    figure.tight_layout()
+    return figure
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The first 10 validation digits above their reconstructions by the three models, as one image.
+
+    python create_comparison_figure.py                                            # comparison.png, 280 x 112
+    python create_comparison_figure.py --labelled --output comparison_labelled.png
+
+Rows, top to bottom: the originals, then the default, deterministic-LWTA and
+probabilistic-LWTA reconstructions, read from <models-dir>/<name>/results/mnist_<i>.png.
+A model without results is trained first with its train_*.py settings, in this process.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
+from matplotlib.figure import Figure
+from PIL import Image
+
+import experiment
+import func
+import utils
+from utils import DataError, UsageError
+
+ROW_LABELS = ("original",) + tuple(settings.label for settings in func.EXPERIMENTS.values())
+LABELLED_DPI = 200
+
+
+def build_parser():
+    parser = experiment.ArgumentParser(prog="create_comparison_figure.py", description=__doc__.splitlines()[0])
+    flag = parser.add_argument
+    flag("--output", default="comparison.png", help="image to write (default: %(default)s)")
+    flag("--models-dir", default="saved_models", help="folder of the three models (default: %(default)s)")
+    experiment.add_data_dir_flag(parser)
+    flag("--labelled", action="store_true",
+         help="write an enlarged figure with row labels, for papers and the README, instead of the "
+              "280 x 112 grid (default: the plain grid)")
+    experiment.add_debug_flag(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return experiment.report_errors("create_comparison_figure.py", lambda: create(args), args.debug)
+
+
+def create(args):
+    utils.check_writable(args.output)
+    if args.labelled and Path(args.output).suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
+        raise UsageError(f"--output {args.output}: with --labelled its suffix names the format, e.g. .png, .pdf or .svg")
+    dataset = func.load_data(func.TrainConfig(), args.data_dir)
+    rows = [dataset.validation.images[: func.RECONSTRUCTED_DIGITS]]
+    for name in func.EXPERIMENTS:
+        ensure_results(name, args.models_dir, dataset, args.data_dir)
+        rows.append(read_results(Path(args.models_dir) / name))
+    grid = np.concatenate([utils.tile_images(row, func.RECONSTRUCTED_DIGITS) for row in rows])
+    if args.labelled:
+        utils.save_figure(labelled_figure(grid), args.output, dpi=LABELLED_DPI, bbox_inches="tight", pad_inches=0.05)
+    else:
+        utils.save_grayscale_png(args.output, grid)
+    print(f"wrote {args.output}")
+
+
+def ensure_results(name, models_dir, dataset, data_dir):
+    """Write the reconstructions of model `name` if any is missing, training the model first if it does not exist."""
+    model_dir = Path(models_dir) / name
+    if all(path.is_file() for path in func.result_paths(model_dir)):
+        return
+    if func.has_model(model_dir):
+        print(f"{model_dir}: reconstructing from the saved model", flush=True)
+        func.write_reconstructions(model_dir, dataset)
+    else:
+        func.train_and_reconstruct(name, models_dir, dataset=dataset, data_dir=data_dir)
+
+
+def read_results(model_dir):
+    """The reconstructions of a model as [10, 784] grey levels in [0, 1]."""
+    images = []
+    for path in func.result_paths(model_dir):
+        try:
+            with Image.open(path) as image:
+                if image.size != (utils.IMAGE_SIDE, utils.IMAGE_SIDE) or image.mode != "L":
+                    raise DataError(f"{path} is a {image.size[0]}x{image.size[1]} {image.mode} image, not a "
+                                    f"28x28 grayscale PNG; delete it to have it rewritten")
+                images.append(np.asarray(image, dtype=np.float32).reshape(utils.PIXELS) / 255.0)
+        except (OSError, SyntaxError) as error:  # PIL reports a damaged PNG as either
+            raise DataError(f"{path}: cannot read ({error}); delete it to have it rewritten") from None
+    return np.stack(images)
+
+
+def labelled_figure(grid):
+    """The grid enlarged with nearest-neighbour pixels, each row labelled on the left."""
+    rows, columns = grid.shape
+    figure = Figure(figsize=(columns / 40, rows / 40))
+    axes = figure.add_axes((0, 0, 1, 1))  # the image fills the figure: 5 x 5 pixels per grid pixel at LABELLED_DPI
+    axes.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    side = utils.IMAGE_SIDE
+    axes.set_yticks([side * row + (side - 1) / 2 for row in range(len(ROW_LABELS))], ROW_LABELS)
+    axes.set_xticks([])
+    axes.tick_params(length=0)
+    for spine in axes.spines.values():
+        spine.set_visible(False)
+    return figure
+
+
+if __name__ == "__main__":
+    sys.exit(main())

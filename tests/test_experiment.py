@@ -1,0 +1,218 @@
+"""The experiment scripts: train_*.py, create_comparison_figure.py and compare_learning.py.
+
+Each runs its real entry point for 20 steps on a slice of MNIST ($MNIST_DATA_DIR,
+else Keras) and checks the files it writes.
+"""
+
+import contextlib
+import csv
+import io
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import compare_learning
+import create_comparison_figure
+import experiment
+import func
+import utils
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--steps", "20", "--train-examples", "500", "--validation-examples", "100", "--batch-size", "100"]
+SMALL_OVERRIDES = dict(steps=20, train_examples=500, validation_examples=100, batch_size=100)
+
+
+def png(path):
+    """(size, mode, pixels) of a PNG file."""
+    with Image.open(path) as image:
+        return image.size, image.mode, np.asarray(image)
+
+
+def assert_one_line_error(captured, status, expected_status, message):
+    assert status == expected_status, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], captured.err
+    assert "Traceback" not in captured.err
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("nothing should be trained here")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The three train_*.py scripts, run as programs with SMALL flags into one folder; returns (folder, stdout per name)."""
+    models_dir = tmp_path_factory.mktemp("experiments") / "saved_models"
+    outputs = {}
+    for name, script in experiment.TRAIN_SCRIPTS.items():
+        stdout = io.StringIO()
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as exit:
+            patch.setattr(sys, "argv", [script, *SMALL, "--output-dir", str(models_dir)])
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+        assert exit.value.code == 0, stdout.getvalue()
+        outputs[name] = stdout.getvalue()
+    return models_dir, outputs
+
+
+@pytest.fixture(scope="module")
+def validation_images():
+    return func.load_data(func.TrainConfig(validation_examples=100)).validation.images
+
+
+# ---------------------------------------------------------------------------
+# train_*.py
+
+
+def test_settings_are_the_originals():
+    expected = {"default": ("none", 1e-3, 100), "lwta": ("lwta", 1e-3, 100), "p-lwta": ("p-lwta", 1e-4, 1000)}
+    for name, (layer_structure, learning_rate, batch_size) in expected.items():
+        config = func.experiment_config(name)
+        assert (config.layer_structure, config.learning_rate, config.batch_size, config.steps) == (
+            layer_structure, learning_rate, batch_size, 2000)
+    assert func.experiment_config("lwta", steps=7, seed=3).steps == 7
+
+
+def test_train_scripts_save_each_model_with_its_reconstructions(trained, validation_images):
+    models_dir, outputs = trained
+    for name, settings in func.EXPERIMENTS.items():
+        model, config = func.load_model(models_dir / name)
+        assert (config.layer_structure, config.learning_rate, config.steps) == (settings.layer_structure, settings.learning_rate, 20)
+        assert f"layer structure {settings.layer_structure}, learning rate {settings.learning_rate:g}" in outputs[name]
+        expected = utils.to_uint8(func.reconstruct_images(model, validation_images[:10]))
+        for index, path in enumerate(func.result_paths(models_dir / name)):
+            assert path == models_dir / name / "results" / f"mnist_{index}.png"
+            size, mode, pixels = png(path)
+            assert (size, mode) == ((28, 28), "L")
+            assert np.abs(pixels.astype(int) - expected[index].reshape(28, 28)).max() <= 1
+
+
+def test_existing_model_without_overwrite_is_a_one_line_error(trained, capsys):
+    models_dir, _ = trained
+    checkpoint = models_dir / "lwta" / func.CHECKPOINT_FILE
+    before = checkpoint.read_bytes()
+    status = experiment.main("lwta", [*SMALL, "--output-dir", str(models_dir)])
+    assert_one_line_error(capsys.readouterr(), status, 2, "already exists; pass --overwrite")
+    assert checkpoint.read_bytes() == before
+
+
+def test_bad_flag_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        experiment.main("default", ["--steps", "0"])
+    assert_one_line_error(capsys.readouterr(), exit.value.code, 2, "--steps")
+
+
+# ---------------------------------------------------------------------------
+# create_comparison_figure.py
+
+
+def test_comparison_figure_stacks_originals_and_saved_reconstructions(trained, validation_images, tmp_path, monkeypatch):
+    models_dir, _ = trained
+    monkeypatch.setattr(func, "train", no_training)
+    monkeypatch.chdir(tmp_path)
+    assert create_comparison_figure.main(["--models-dir", str(models_dir)]) == 0
+    size, mode, grid = png(tmp_path / "comparison.png")
+    assert (size, mode) == ((280, 112), "L")
+    assert np.array_equal(grid[:28], utils.tile_images(utils.to_uint8(validation_images[:10]), 10))
+    for row, name in enumerate(func.EXPERIMENTS, 1):
+        saved = np.stack([png(path)[2] for path in func.result_paths(models_dir / name)])
+        assert np.array_equal(grid[28 * row : 28 * (row + 1)], utils.tile_images(saved, 10))
+
+    assert create_comparison_figure.main(["--models-dir", str(models_dir), "--labelled", "--output", "labelled.png"]) == 0
+    width, height = png(tmp_path / "labelled.png")[0]
+    assert width > 3 * 280 and height > 3 * 112
+
+
+def test_comparison_figure_fills_in_missing_results(trained, tmp_path, monkeypatch):
+    """Missing p-LWTA model: trained in-process; lwta results deleted: rewritten from its saved model."""
+    models_dir = tmp_path / "saved_models"
+    for name in ("default", "lwta"):
+        shutil.copytree(trained[0] / name, models_dir / name)
+    func.result_paths(models_dir / "lwta")[3].unlink()
+    trained_names = []
+    real = func.train_and_reconstruct
+
+    def small_training(name, directory, **kwargs):
+        trained_names.append(name)
+        return real(name, directory, progress=False, **{**kwargs, **SMALL_OVERRIDES})
+
+    monkeypatch.setattr(func, "train_and_reconstruct", small_training)
+    output = tmp_path / "comparison.png"
+    assert create_comparison_figure.main(["--models-dir", str(models_dir), "--output", str(output)]) == 0
+    assert trained_names == ["p-lwta"]
+    rewritten = func.result_paths(models_dir / "lwta")[3]
+    assert np.array_equal(png(rewritten)[2], png(func.result_paths(trained[0] / "lwta")[3])[2])
+    assert all(path.is_file() for name in func.EXPERIMENTS for path in func.result_paths(models_dir / name))
+    assert png(output)[:2] == ((280, 112), "L")
+
+
+def test_labelled_figure_needs_a_known_suffix(tmp_path, capsys):
+    status = create_comparison_figure.main(["--labelled", "--output", str(tmp_path / "figure.unknown")])
+    assert_one_line_error(capsys.readouterr(), status, 2, "suffix names the format")
+
+
+# ---------------------------------------------------------------------------
+# compare_learning.py
+
+
+def test_compare_learning_trains_six_runs_on_one_dataset(tmp_path, monkeypatch):
+    loads = []
+    real_load = func.load_data
+    monkeypatch.setattr(func, "load_data", lambda *args: loads.append(args) or real_load(*args))
+    monkeypatch.chdir(tmp_path)
+    status = compare_learning.main(["--steps", "20", "--train-examples", "500", "--validation-examples", "100",
+                                    "--models-dir", "models"])
+    assert status == 0 and len(loads) == 1
+    with open(tmp_path / "compare_learning.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == compare_learning.CSV_COLUMNS
+    assert len(rows) == 6 * 2
+    runs = {(float(row["learning_rate"]), row["layer_structure"]) for row in rows}
+    assert runs == {(rate, structure) for rate in (1e-3, 1e-4) for structure in ("none", "lwta", "p-lwta")}
+    assert [int(row["step"]) for row in rows] == [10, 20] * 6
+    saved = func.read_metrics_csv(tmp_path / "models" / "compare_learning" / "lr0.0001" / "p-lwta" / func.METRICS_FILE)
+    assert [float(row["validation_loss"]) for row in rows[-2:]] == [validation for _, _, validation, _ in saved]
+    for suffix in (".png", ".pdf"):
+        assert (tmp_path / f"compare_learning{suffix}").stat().st_size > 1000
+
+
+def write_curves(path):
+    """A CSV like compare_learning's: two learning rates, three models, losses falling with the step."""
+    curves = {(rate, structure): [(step, 600.0 - step / 10, 590.0 - step / 10 - offset, step / 100) for step in (10, 20, 30)]
+              for rate in (0.001, 0.0001) for offset, structure in enumerate(("none", "lwta", "p-lwta"))}
+    compare_learning.write_csv(path, curves)
+    return curves
+
+
+def test_from_csv_redraws_without_training_or_data(tmp_path, monkeypatch):
+    curves = write_curves(tmp_path / "curves.csv")
+    for path in (tmp_path / "curves.png", tmp_path / "curves.pdf"):
+        path.write_bytes(b"old")
+    monkeypatch.setattr(func, "train", no_training)
+    monkeypatch.setattr(func, "load_data", no_training)
+    assert compare_learning.main(["--from-csv", "--output-prefix", str(tmp_path / "curves")]) == 0
+    assert png(tmp_path / "curves.png")[0][0] > 1000
+    assert (tmp_path / "curves.pdf").read_bytes().startswith(b"%PDF")
+    assert compare_learning.read_csv(tmp_path / "curves.csv") == curves
+
+
+def test_figure_has_one_log_scale_panel_per_learning_rate(tmp_path):
+    curves = write_curves(tmp_path / "curves.csv")
+    panels = compare_learning.draw(curves).axes
+    assert [panel.get_title() for panel in panels] == ["Learning rate: 0.001", "Learning rate: 0.0001"]
+    for panel, rate in zip(panels, (0.001, 0.0001)):
+        assert panel.get_yscale() == "log"
+        assert panel.get_ylabel() == "Validation loss (negative ELBO, nats per image)"
+        assert [text.get_text() for text in panel.get_legend().get_texts()] == ["ReLU (none)", "LWTA", "p-LWTA"]
+        assert list(panel.lines[2].get_ydata()) == [validation for _, _, validation, _ in curves[rate, "p-lwta"]]
+    assert panels[-1].get_xlabel() == "Step"
+
+
+def test_from_csv_without_a_csv_is_a_one_line_error(tmp_path, capsys):
+    status = compare_learning.main(["--from-csv", "--output-prefix", str(tmp_path / "missing")])
+    assert_one_line_error(capsys.readouterr(), status, 1, "run without --from-csv")
