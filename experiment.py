@@ -6,12 +6,11 @@ WTA_VAE_DEBUG=1, shows the full traceback instead.
 """
 
 import os
-import sys
 
-from script import DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, given_config_values, positive_float, positive_int
+from script import (DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, given_config_values, positive_float, positive_int,
+                    report_errors)
 
 import func  # already imported, with TensorFlow's start-up banner hidden, by script
-from utils import DataError, UsageError
 
 TRAIN_SCRIPTS = {"default": "train_default.py", "lwta": "train_LWTA.py", "p-lwta": "train_pLWTA.py"}
 
@@ -58,28 +57,6 @@ def train_parser(name):
 
 # ---------------------------------------------------------------------------
 # Running
-
-
-def report_errors(prog, action, debug=False):
-    """Call action(); turn a user mistake or a failure into one line on stderr; returns the exit status."""
-    try:
-        action()
-    except UsageError as error:
-        return _fail(prog, error, 2, debug)
-    except (DataError, OSError, func.TrainingDiverged) as error:
-        return _fail(prog, error, 1, debug)
-    except func.TrainingInterrupted as error:
-        return _fail(prog, error, error.exit_status, debug)
-    except KeyboardInterrupt:
-        return _fail(prog, KeyboardInterrupt("interrupted by Ctrl-C (every file is written whole or not at all)"), 130, debug)
-    return 0
-
-
-def _fail(prog, error, status, debug):
-    if debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
-        raise error
-    print(f"{prog}: error: {error}", file=sys.stderr)
-    return status
 
 
 def main(name, argv=None):

@@ -8,6 +8,7 @@ A model directory holds:
 * ``config.json``: the full configuration, human-readable;
 * ``metrics.csv``: step, training loss, validation loss, elapsed seconds;
 * ``tensorboard/``: the same curves as TensorBoard events.
+* ``evaluation.json``: the latest ``evaluate`` result (settings and bounds).
 
 All randomness of a run derives from ``--seed``: initial weights through
 ``keras.utils.set_random_seed``, the order of examples from a NumPy generator
@@ -22,6 +23,7 @@ import json
 import math
 import shutil
 import signal
+import statistics
 import sys
 import time
 import zipfile
@@ -408,24 +410,31 @@ class _StopRequest:
 
 
 class _Progress:
-    """A Keras progress bar on a terminal, a line every tenth of the run otherwise."""
+    """A Keras progress bar on a terminal, a line every tenth of the work otherwise.
 
-    def __init__(self, total, first_step, label=""):
-        self.total, self.label = total, label
-        self.bar = keras.utils.Progbar(total, stateful_metrics=["train", "validation", "steps/s"]) if sys.stdout.isatty() else None
-        self.next_line = first_step
-        self.last_time, self.last_step = time.perf_counter(), first_step
+    Counts `unit`s (steps, images) up to `total`; each update shows the named
+    `metrics` and the rate since the previous update.
+    """
 
-    def update(self, step, training_loss, validation_loss):
+    def __init__(self, total, done=0, label="", unit="step", metrics=()):
+        self.total, self.label, self.unit = total, label, unit
+        self.rate_name = f"{unit}s/s"
+        self.bar = (keras.utils.Progbar(total, stateful_metrics=[*metrics, self.rate_name], unit_name=unit)
+                    if sys.stdout.isatty() else None)
+        self.next_line = done
+        self.last_time, self.last_done = time.perf_counter(), done
+
+    def update(self, done, values):
+        """Show `done` units and `values`, a {metric name: number} dictionary."""
         now = time.perf_counter()
-        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
-        self.last_time, self.last_step = now, step
+        rate = (done - self.last_done) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_done = now, done
         if self.bar is not None:
-            self.bar.update(step, [("train", training_loss), ("validation", validation_loss), ("steps/s", rate)])
-        elif step >= self.next_line or step == self.total:
-            print(f"{self.label}step {step}/{self.total}  training loss {training_loss:.3f}  "
-                  f"validation loss {validation_loss:.3f}  {rate:.0f} steps/s", flush=True)
-            self.next_line = step + max(1, self.total // 10)
+            self.bar.update(done, [*values.items(), (self.rate_name, rate)])
+        elif done >= self.next_line or done == self.total:
+            shown = "".join(f"  {name} {value:.3f}" for name, value in values.items())
+            print(f"{self.label}{self.unit} {done}/{self.total}{shown}  {rate:.0f} {self.rate_name}", flush=True)
+            self.next_line = done + max(1, self.total // 10)
 
 
 def _first_nonfinite(losses):
@@ -479,7 +488,7 @@ def _run(config, model_dir, resumed, dataset, progress, label):
     history, elapsed = _restore_training_state(trainer, model_dir) if resumed else ([], 0.0)
     summary_writer = tf.summary.create_file_writer(str(model_dir / TENSORBOARD_DIR))
     step = trainer.step()
-    display = _Progress(config.steps, step, label) if progress else None
+    display = _Progress(config.steps, step, label, metrics=("training loss", "validation loss")) if progress else None
     last_checkpoint = step
     with _StopRequest() as stop, summary_writer.as_default():
         while step < config.steps:
@@ -502,7 +511,7 @@ def _run(config, model_dir, resumed, dataset, progress, label):
             tf.summary.scalar("loss/training", history[-1][1], step=step)
             tf.summary.scalar("loss/validation", validation_loss, step=step)
             if display:
-                display.update(step, history[-1][1], validation_loss)
+                display.update(step, {"training loss": history[-1][1], "validation loss": validation_loss})
             if step // config.checkpoint_interval > last_checkpoint // config.checkpoint_interval or stop.signal_number:
                 save_checkpoint(model_dir, trainer, history, elapsed)
                 last_checkpoint = step
@@ -518,6 +527,12 @@ def _run(config, model_dir, resumed, dataset, progress, label):
 # Reconstruction
 
 
+def png_path(path):
+    """`path` as a Path, with ".png" appended unless it already ends so."""
+    path = Path(path)
+    return path if path.suffix.lower() == ".png" else path.with_name(path.name + ".png")
+
+
 def reconstruct_images(model, images, sample=False, seed=1):
     """Inference-mode reconstructions: decode the posterior mean, or a sampled z with `sample`."""
     mean, log_variance = model.encode(images, training=False)
@@ -527,9 +542,7 @@ def reconstruct_images(model, images, sample=False, seed=1):
 
 def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_structure=None, seed=1, data_dir=None):
     """Write the reconstruction of validation image `index` (or a grid of the first `grid`) as a grayscale PNG."""
-    output_path = Path(output_path)
-    if output_path.suffix.lower() != ".png":
-        output_path = output_path.with_name(output_path.name + ".png")
+    output_path = png_path(output_path)
     utils.check_writable(output_path)
     model, config = load_model(model_dir, layer_structure)
     validation = load_data(config, data_dir).validation
@@ -547,6 +560,241 @@ def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_
         picture = utils.tile_images(reconstruct_images(model, images[index : index + 1], sample, seed), 1)
     utils.save_grayscale_png(output_path, picture)
     return output_path
+
+
+# ---------------------------------------------------------------------------
+# Pictures of the generative model
+
+MANIFOLD_SIDE = 20  # the decoded latent plane of a 2-D model: a 20 x 20 grid of digits
+
+
+def first_rows(array, limit):
+    """The first `limit` rows of `array` (all of them when `limit` is None)."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    return array[:limit]
+
+
+def sample(model_dir, output_path, count=100, seed=1):
+    """Decode `count` prior draws z ~ N(0, I) (inference mode) into a square-ish grid; returns the PNG's path."""
+    if count < 1:
+        raise UsageError(f"--count must be at least 1, got {count}")
+    output_path = png_path(output_path)
+    utils.check_writable(output_path)
+    model, _ = load_model(model_dir)
+    z = network.normal([count, model.latent_dim], tf.constant([seed, 0], tf.int64))
+    digits = model.decode(z, training=False).numpy()
+    utils.save_grayscale_png(output_path, utils.tile_images(digits, math.ceil(math.sqrt(count))))
+    return output_path
+
+
+def principal_plane(points):
+    """(coordinates [count, 2], axis names): the points themselves in 2-D, else their first two principal components.
+
+    A 1-D latent space is drawn on a line (second coordinate 0).
+    """
+    dimensions = points.shape[1]
+    if dimensions == 1:
+        return np.column_stack([points[:, 0], np.zeros(len(points))]), ("z1", "")
+    if dimensions == 2:
+        return points, ("z1", "z2")
+    centred = points - points.mean(axis=0)
+    _, singular_values, directions = np.linalg.svd(centred, full_matrices=False)
+    explained = singular_values**2 / max(np.sum(singular_values**2), np.finfo(float).tiny)
+    names = tuple(f"principal component {i + 1} ({explained[i]:.0%} of the variance)" for i in range(2))
+    return centred @ directions[:2].T, names
+
+
+def latent_figure(coordinates, labels, axis_names, title):
+    """A scatter plot of `coordinates` coloured by label (0-9), with a colour bar."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    figure = Figure(figsize=(7, 6), layout="constrained")
+    axes = figure.subplots()
+    points = axes.scatter(coordinates[:, 0], coordinates[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5,
+                          s=4, alpha=0.7, linewidths=0)
+    figure.colorbar(points, ax=axes, ticks=range(10), label="label")
+    axes.set(xlabel=axis_names[0], ylabel=axis_names[1], title=title)
+    return figure
+
+
+def manifold(model, side=MANIFOLD_SIDE):
+    """Decoded digits over the latent plane of a 2-D model, [side * 28, side * 28] pixels.
+
+    The grid points are evenly spaced in prior probability (the inverse normal
+    CDF of (i + 0.5) / side), so each covers the same prior mass; z2 grows upwards.
+    """
+    values = [statistics.NormalDist().inv_cdf((i + 0.5) / side) for i in range(side)]
+    z = np.array([(z1, z2) for z2 in reversed(values) for z1 in values], dtype=np.float32)
+    return utils.tile_images(model.decode(z, training=False).numpy(), side)
+
+
+def latent(model_dir, output_path, data_dir=None, limit=None):
+    """Plot the test images' posterior means (inference mode) coloured by label; returns the paths written.
+
+    More than two latent dimensions are projected on their first two principal
+    components.  A 2-D model also gets its decoded manifold, written next to the
+    plot as <stem>_manifold.png.  `limit` keeps the first test images only.
+    """
+    output_path = png_path(output_path)
+    utils.check_writable(output_path)
+    model, config = load_model(model_dir)
+    test = load_data(config, data_dir).test
+    images, labels = first_rows(evaluation_images(config, test), limit), first_rows(test.labels, limit)
+    mean, _ = model.encode(images, training=False)
+    coordinates, axis_names = principal_plane(mean.numpy())
+    title = f"{config.dataset} test set: posterior means of {len(images)} images ({config.layer_structure})"
+    utils.save_figure(latent_figure(coordinates, labels, axis_names, title), output_path, dpi=120)
+    if model.latent_dim != 2:
+        return [output_path]
+    manifold_path = output_path.with_name(f"{output_path.stem}_manifold.png")
+    utils.save_grayscale_png(manifold_path, manifold(model))
+    return [output_path, manifold_path]
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: the importance-weighted bound on log p(x) (Burda et al. 2015)
+
+EVALUATION_FILE = "evaluation.json"
+DEFAULT_IMPORTANCE_SAMPLES = 5000
+DEFAULT_CHUNK_SIZE = 25000  # images x importance samples decoded per compiled call
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def chunk_shape(image_count, importance_samples, chunk_size):
+    """(images, samples) per compiled call: about `chunk_size` image-samples, the K samples split evenly."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk size must be at least 1, got {chunk_size}")
+    sample_chunks = -(-importance_samples // chunk_size)
+    samples = -(-importance_samples // sample_chunks)
+    return min(image_count, max(1, chunk_size // samples)), samples
+
+
+def importance_noise(seed, indices, importance_samples, latent_dim):
+    """epsilon ~ N(0, I), [images, K, latent]: image i's draws depend on (seed, i) alone, never on the chunking."""
+    return np.stack([np.random.default_rng([seed, index]).standard_normal((importance_samples, latent_dim), np.float32)
+                     for index in indices])
+
+
+def pad(array, size, axis=0):
+    """`array` padded with zeros along `axis` to `size`, so that every compiled call sees one shape."""
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, size - array.shape[axis])
+    return np.pad(array, widths)
+
+
+def log_weights(log_likelihood, images, mean, log_variance, noise):
+    """log w = log p(x|z) + log p(z) - log q(z|x) at z = mean + exp(log_variance / 2) * noise.
+
+    `images` [n, D], `mean` and `log_variance` [n, latent], `noise` [n, samples,
+    latent]; all n x samples codes are decoded as one batch.  Returns (log w,
+    log p(x|z)), each [n, samples].
+    """
+    z = mean[:, None] + tf.exp(0.5 * log_variance)[:, None] * noise
+    log_p_z = -0.5 * tf.reduce_sum(tf.square(z) + _LOG_2PI, axis=-1)
+    log_q_z = -0.5 * tf.reduce_sum(tf.square(noise) + log_variance[:, None] + _LOG_2PI, axis=-1)
+    samples = noise.shape[1]
+    log_p_x_given_z = tf.reshape(
+        log_likelihood(tf.repeat(images, samples, axis=0), tf.reshape(z, [-1, z.shape[-1]])), tf.shape(log_p_z))
+    return log_p_x_given_z + log_p_z - log_q_z, log_p_x_given_z
+
+
+def _sums_over_samples(weigh, x, mean, log_variance, noise, chunk_samples):
+    """(logsumexp_k log w_k, sum_k log p(x|z_k)) for the len(noise) real images of one padded image chunk `x`.
+
+    The samples go through `weigh` (compiled :func:`log_weights`) in chunks of
+    `chunk_samples`, the last one padded; the log-sum-exp runs across chunks.
+    """
+    count, importance_samples = noise.shape[:2]
+    log_sum, log_likelihood_sum = np.full(count, -np.inf), np.zeros(count)
+    for start in range(0, importance_samples, chunk_samples):
+        chunk = noise[:, start : start + chunk_samples]
+        padded = pad(pad(chunk, len(x)), chunk_samples, axis=1)
+        weights, log_likelihoods = (tensor.numpy()[:count, : chunk.shape[1]].astype(np.float64)
+                                    for tensor in weigh(x, mean, log_variance, padded))
+        log_sum = np.logaddexp(log_sum, np.logaddexp.reduce(weights, axis=1))
+        log_likelihood_sum += log_likelihoods.sum(axis=1)
+    return log_sum, log_likelihood_sum
+
+
+def importance_weighted_bounds(encode, log_likelihood, images, importance_samples,
+                               chunk_size=DEFAULT_CHUNK_SIZE, seed=1, progress=False):
+    """Per-image estimate of log p(x) and the ELBO's parts, from K samples z_k ~ q(z|x), in nats.
+
+    log p(x) ~ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K,
+    with p(z) = N(0, I), q(z|x) = N(mean, exp(log_variance)) from `encode(x) ->
+    (mean, log_variance)`, and `log_likelihood(x, z) -> log p(x|z)` per row.  The
+    same samples give the reconstruction term, mean_k -log p(x|z_k); the KL is
+    analytic.  The work goes in chunks of about `chunk_size` image-samples: each
+    image chunk is encoded once and its samples decoded in compiled calls of
+    one fixed shape, so memory stays bounded.  Image i's draws depend on (seed,
+    i) only, so the numbers do not depend on the chunking.  Returns NumPy arrays
+    (log p(x) estimate, reconstruction, kl), each [images].
+    """
+    if importance_samples < 1:
+        raise ValueError(f"importance samples must be at least 1, got {importance_samples}")
+    images = np.asarray(images, np.float32)
+    count = len(images)
+    if count == 0:
+        raise ValueError("no images to evaluate")
+    chunk_images, chunk_samples = chunk_shape(count, importance_samples, chunk_size)
+    encode_chunk = tf.function(encode)
+    weigh = tf.function(lambda *tensors: log_weights(log_likelihood, *tensors), jit_compile=True)  # XLA fuses the per-pixel work
+    log_sum, log_likelihood_sum, kl = np.zeros(count), np.zeros(count), np.zeros(count)
+    display = _Progress(count, unit="image", metrics=("-log p(x)",)) if progress else None
+    for start in range(0, count, chunk_images):
+        stop = min(start + chunk_images, count)
+        x = pad(images[start:stop], chunk_images)
+        mean, log_variance = encode_chunk(x)
+        noise = importance_noise(seed, range(start, stop), importance_samples, mean.shape[-1])
+        log_sum[start:stop], log_likelihood_sum[start:stop] = _sums_over_samples(
+            weigh, x, mean, log_variance, noise, chunk_samples)
+        kl[start:stop] = utils.kl_divergence(mean, log_variance).numpy()[: stop - start]
+        if display:
+            display.update(stop, {"-log p(x)": math.log(importance_samples) - np.mean(log_sum[:stop])})
+    return log_sum - math.log(importance_samples), -log_likelihood_sum / importance_samples, kl
+
+
+def mean_and_standard_error(values):
+    """{"mean", "standard_error"} of per-image numbers (standard error None for a single image)."""
+    values = np.asarray(values, np.float64)
+    error = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+    return {"mean": float(np.mean(values)), "standard_error": error}
+
+
+def evaluate(model_dir, split="test", importance_samples=DEFAULT_IMPORTANCE_SAMPLES, chunk_size=DEFAULT_CHUNK_SIZE,
+             seed=1, data_dir=None, limit=None, progress=True):
+    """-log p(x) (importance-weighted) and the negative ELBO of a saved model, per image in nats, inference mode.
+
+    Evaluates the first `limit` images (default all) of the validation or test
+    split and writes the settings, the means with their standard errors across
+    images and the seconds taken to model_dir/evaluation.json; returns that dictionary.
+    """
+    if split not in ("validation", "test"):
+        raise UsageError(f"--split must be validation or test, got {split!r}")
+    for name, value in (("importance-samples", importance_samples), ("chunk-size", chunk_size)):
+        if value < 1:
+            raise UsageError(f"--{name} must be at least 1, got {value}")
+    model, config = load_model(model_dir)
+    path = Path(model_dir) / EVALUATION_FILE
+    utils.check_writable(path)
+    images = first_rows(evaluation_images(config, load_data(config, data_dir).split(split)), limit)
+    started = time.perf_counter()
+    log_likelihood, reconstruction, kl = importance_weighted_bounds(
+        lambda x: model.encode(x, training=False),
+        lambda x, z: -utils.reconstruction_loss(x, model.decode_logits(z, training=False), config.loss),
+        images, importance_samples, chunk_size, seed, progress,
+    )
+    per_image = {"negative_log_likelihood": -log_likelihood, "negative_elbo": reconstruction + kl,
+                 "reconstruction": reconstruction, "kl": kl}
+    results = {
+        "settings": {"split": split, "importance_samples": importance_samples, "chunk_size": chunk_size,
+                     "seed": seed, "images": len(images), "model": dataclasses.asdict(config)},
+        "nats_per_image": {name: mean_and_standard_error(values) for name, values in per_image.items()},
+        "seconds": time.perf_counter() - started,
+    }
+    utils.atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+    return results
 
 
 # ---------------------------------------------------------------------------
@@ -619,8 +867,7 @@ def train_and_reconstruct(name, models_dir="saved_models", overwrite=False, data
     print(f"{name}: layer structure {config.layer_structure}, learning rate {config.learning_rate:g}, "
           f"batch size {config.batch_size}, {config.steps} steps, seed {config.seed}, {config.train_examples} "
           f"training and {config.validation_examples} validation images -> {model_dir}", flush=True)
-    shutil.rmtree(model_dir / RESULTS_DIR, ignore_errors=True)  # never leave a replaced model's results behind
     dataset = dataset or load_data(config)
     history = train(config, model_dir, overwrite=overwrite, dataset=dataset, progress=progress)
-    write_reconstructions(model_dir, dataset)
+    write_reconstructions(model_dir, dataset)  # replaces a previous model's results, each file atomically
     return history

@@ -2,6 +2,9 @@
 
     python script.py train --layer-structure lwta --steps 2000
     python script.py reconstruct --model-path saved_models/lwta --output-path digit.png --mnist_index 3
+    python script.py evaluate --model-path saved_models/lwta            # -log p(x), K = 5000
+    python script.py sample --model-path saved_models/lwta --output-path samples.png
+    python script.py latent --model-path saved_models/lwta --output-path latent.png
 
 Every user mistake ends with one line on stderr and a non-zero exit status
 (2 for usage errors); --debug, or WTA_VAE_DEBUG=1, shows the full traceback.
@@ -124,27 +127,46 @@ def add_data_dir_flag(parser):
                                            "(default: $MNIST_DATA_DIR, else Keras's cache or download)")
 
 
+def add_command(commands, name, handler, help, description):
+    """A subcommand that runs `handler(args)` and also accepts --debug after its name."""
+    command = commands.add_parser(name, help=help, description=description)
+    command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    command.set_defaults(handler=handler)
+    return command
+
+
+def add_trained_model_flag(parser):
+    parser.add_argument("--model-path", required=True, help="directory of a trained model")
+
+
+def add_output_flag(parser):
+    parser.add_argument("--output-path", required=True, help='PNG file to write (".png" is appended if missing)')
+
+
+def add_limit_flag(parser, what):
+    parser.add_argument("--limit", type=positive_int, help=f"use only the first N {what} (default: all)")
+
+
 def build_parser():
     defaults = func.TrainConfig()
     parser = ArgumentParser(prog="script.py", description="Winner-take-all VAE")
     parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (or set {DEBUG_VARIABLE}=1)")
-    commands = parser.add_subparsers(dest="mode", required=True, metavar="{train,reconstruct}",
+    commands = parser.add_subparsers(dest="mode", required=True, metavar="{train,reconstruct,evaluate,sample,latent}",
                                      parser_class=ArgumentParser)
 
-    train = commands.add_parser("train", help="train a model", description="Train a VAE and save it to --model-path.")
+    train = add_command(commands, "train", run_train, help="train a model",
+                        description="Train a VAE and save it to --model-path.")
     add_model_flags(train, defaults)
     add_data_dir_flag(train)
     train.add_argument("--model-path", help="directory for the model (default: saved_models/<layer-structure>)")
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run saved in --model-path")
     mode.add_argument("--overwrite", action="store_true", help="replace the model in --model-path")
-    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    train.set_defaults(handler=run_train)
 
-    reconstruct = commands.add_parser("reconstruct", help="reconstruct validation digits",
-                                      description="Write the reconstruction of a validation digit as a 28x28 PNG.")
-    reconstruct.add_argument("--model-path", required=True, help="directory of a trained model")
-    reconstruct.add_argument("--output-path", required=True, help='PNG file to write (".png" is appended if missing)')
+    reconstruct = add_command(commands, "reconstruct", run_reconstruct, help="reconstruct validation digits",
+                              description="Write the reconstruction of a validation digit as a 28x28 PNG.")
+    add_trained_model_flag(reconstruct)
+    add_output_flag(reconstruct)
     reconstruct.add_argument("--mnist-index", "--mnist_index", dest="mnist_index", type=int, default=0,
                              help="index into the validation split (default: 0)")
     reconstruct.add_argument("--grid", type=positive_int,
@@ -155,8 +177,44 @@ def build_parser():
     reconstruct.add_argument("--layer-structure", choices=("none", "lwta", "p-lwta"),
                              help="if given, must match the saved model")
     add_data_dir_flag(reconstruct)
-    reconstruct.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    reconstruct.set_defaults(handler=run_reconstruct)
+
+    evaluate = add_command(
+        commands, "evaluate", run_evaluate, help="importance-weighted -log p(x) and the negative ELBO",
+        description="Estimate -log p(x) per image, in nats, with K importance samples z ~ q(z|x) (Burda et al. "
+                    "2015), and the negative ELBO with its reconstruction and KL parts from the same samples; "
+                    "inference mode.  Prints a table and writes evaluation.json into --model-path.")
+    add_trained_model_flag(evaluate)
+    evaluate.add_argument("--split", choices=("test", "validation"), default="test",
+                          help="images to evaluate (default: test)")
+    evaluate.add_argument("--importance-samples", type=positive_int, default=func.DEFAULT_IMPORTANCE_SAMPLES,
+                          help="K, samples per image (default: %(default)s, as in Burda et al. 2015)")
+    evaluate.add_argument("--chunk-size", type=positive_int, default=func.DEFAULT_CHUNK_SIZE,
+                          help="images x samples decoded per compiled call; memory grows with it, by about "
+                               "7 KiB each for the 784-500-100 network (default: %(default)s)")
+    evaluate.add_argument("--seed", type=non_negative_int, default=1,
+                          help="seed of the importance samples (default: 1)")
+    add_limit_flag(evaluate, "images of the split")
+    add_data_dir_flag(evaluate)
+
+    sample = add_command(commands, "sample", run_sample, help="decode digits from the prior",
+                         description="Decode prior samples z ~ N(0, I) (inference mode) into a square-ish grid, "
+                                     "written as a grayscale PNG.")
+    add_trained_model_flag(sample)
+    add_output_flag(sample)
+    sample.add_argument("--count", type=positive_int, default=100, help="digits to draw (default: 100, 10 x 10)")
+    sample.add_argument("--seed", type=int, default=1, help="seed of the prior samples (default: 1)")
+
+    latent = add_command(
+        commands, "latent", run_latent, help="plot the latent space",
+        description="Scatter the test images' posterior means (inference mode) coloured by label, over the first "
+                    "two principal components when the latent space has more than 2 dimensions.  A model trained "
+                    f"with --latent-dim 2 also gets its decoded manifold, a {func.MANIFOLD_SIDE} x "
+                    f"{func.MANIFOLD_SIDE} grid of digits over the latent plane at evenly spaced prior quantiles, "
+                    "written next to the plot as <stem>_manifold.png.")
+    add_trained_model_flag(latent)
+    add_output_flag(latent)
+    add_limit_flag(latent, "test images")
+    add_data_dir_flag(latent)
     return parser
 
 
@@ -189,29 +247,66 @@ def run_reconstruct(args):
     print(f"wrote {path}")
 
 
-def fail(args, error, status, debug):
-    """Report `error` in one line on stderr and return the exit status (or re-raise under --debug)."""
+def evaluation_table(results):
+    """The numbers of func.evaluate as a small text table."""
+    settings, numbers = results["settings"], results["nats_per_image"]
+    rows = (("-log p(x), importance-weighted", "negative_log_likelihood"), ("negative ELBO", "negative_elbo"),
+            ("  reconstruction", "reconstruction"), ("  KL", "kl"))
+    lines = [f"{settings['images']} {settings['split']} images, K = {settings['importance_samples']}, "
+             f"{results['seconds']:.1f} s",
+             f"{'nats per image':<32}{'mean':>10}{'std. error':>12}"]
+    for label, key in rows:
+        error = numbers[key]["standard_error"]
+        lines.append(f"{label:<32}{numbers[key]['mean']:>10.3f}{'-' if error is None else f'{error:.3f}':>12}")
+    return "\n".join(lines)
+
+
+def run_evaluate(args):
+    results = func.evaluate(args.model_path, split=args.split, importance_samples=args.importance_samples,
+                            chunk_size=args.chunk_size, seed=args.seed, data_dir=args.data_dir, limit=args.limit)
+    print(evaluation_table(results))
+    print(f"wrote {os.path.join(args.model_path, func.EVALUATION_FILE)}")
+
+
+def run_sample(args):
+    print(f"wrote {func.sample(args.model_path, args.output_path, count=args.count, seed=args.seed)}")
+
+
+def run_latent(args):
+    for path in func.latent(args.model_path, args.output_path, data_dir=args.data_dir, limit=args.limit):
+        print(f"wrote {path}")
+
+
+def report_errors(prog, action, debug=False):
+    """Call action() and return its exit status: 0, or the status of a user mistake reported in one line on stderr.
+
+    Usage errors give 2, missing or broken files and diverged runs 1, a signal
+    128 + its number.  With `debug` or WTA_VAE_DEBUG=1 the exception propagates.
+    """
+    debug = debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    try:
+        action()
+    except UsageError as error:
+        return _fail(prog, error, 2, debug)
+    except (DataError, OSError, func.TrainingDiverged) as error:
+        return _fail(prog, error, 1, debug)
+    except func.TrainingInterrupted as error:
+        return _fail(prog, error, error.exit_status, debug)
+    except KeyboardInterrupt:
+        return _fail(prog, KeyboardInterrupt("interrupted by Ctrl-C (every file is written whole or not at all)"), 130, debug)
+    return 0
+
+
+def _fail(prog, error, status, debug):
     if debug:
         raise error
-    print(f"script.py {args.mode}: error: {error}", file=sys.stderr)
+    print(f"{prog}: error: {error}", file=sys.stderr)
     return status
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
-    try:
-        args.handler(args)
-    except UsageError as error:
-        return fail(args, error, 2, debug)
-    except (DataError, OSError, func.TrainingDiverged) as error:
-        return fail(args, error, 1, debug)
-    except func.TrainingInterrupted as error:
-        return fail(args, error, error.exit_status, debug)
-    except KeyboardInterrupt:
-        return fail(args, KeyboardInterrupt("interrupted by Ctrl-C (every file is written whole or not at all)"), 130, debug)
-    return 0
+    args = build_parser().parse_args(argv)
+    return report_errors(f"script.py {args.mode}", lambda: args.handler(args), args.debug)
 
 
 if __name__ == "__main__":
