@@ -162,7 +162,7 @@ def test_vae_shapes_and_where_the_competition_applies():
     hidden_only = network.VAE("lwta", compete_latent=False)
     assert np.count_nonzero(hidden_only.encode(x)[0].numpy()) == 5 * 100
     reconstruction = model(x).numpy()
-    assert reconstruction.shape == (5, 784) and ((reconstruction > 0) & (reconstruction < 1)).all()
+    assert reconstruction.shape == (5, 784) and ((reconstruction >= 0) & (reconstruction <= 1)).all()  # float32 sigmoid may saturate
     assert model.decode(mean).shape == (5, 784)
 
 
