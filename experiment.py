@@ -7,8 +7,8 @@ WTA_VAE_DEBUG=1, shows the full traceback instead.
 
 import os
 
-from script import (DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, given_config_values, positive_float, positive_int,
-                    report_errors)
+from script import (DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, given_config_values, non_negative_int, positive_float,
+                    positive_int, report_errors)
 
 import func  # already imported, with TensorFlow's start-up banner hidden, by script
 
@@ -27,7 +27,7 @@ def add_data_flags(parser):
     """--seed, --train-examples, --validation-examples and --data-dir, with TrainConfig's defaults."""
     defaults = func.TrainConfig()
     flag = parser.add_argument
-    flag("--seed", type=int, default=defaults.seed,
+    flag("--seed", type=non_negative_int, default=defaults.seed,
          help="seed of initialisation, shuffling and every random draw (default: %(default)s)")
     flag("--train-examples", type=positive_int, default=defaults.train_examples,
          help="training images, taken from image 5,000 of the training file (default: %(default)s)")

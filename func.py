@@ -83,6 +83,8 @@ class TrainConfig:
             raise UsageError(f"--learning-rate must be a positive number, got {self.learning_rate}")
         if not (self.beta >= 0 and math.isfinite(self.beta)):
             raise UsageError(f"--beta must be a non-negative number, got {self.beta}")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be 0 or more, got {self.seed}")
         if self.kl_warmup_steps < 0:
             raise UsageError(f"--kl-warmup-steps must be 0 or more, got {self.kl_warmup_steps}")
         choices = (("layer_structure", network.LAYER_STRUCTURES), ("loss", utils.LOSSES),

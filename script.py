@@ -111,7 +111,7 @@ def add_model_flags(parser, defaults):
     flag("--beta", type=non_negative_float, help=f"weight of the KL term in the objective (default: {defaults.beta})")
     flag("--kl-warmup-steps", type=non_negative_int,
          help=f"grow the KL weight linearly from 0 to --beta over this many steps (default: {defaults.kl_warmup_steps})")
-    flag("--seed", type=int, help=f"seed of initialisation, shuffling and every random draw (default: {defaults.seed})")
+    flag("--seed", type=non_negative_int, help=f"seed of initialisation, shuffling and every random draw (default: {defaults.seed})")
     flag("--train-examples", type=positive_int,
          help=f"training images, taken from image 5,000 of the training file, at most 55,000 (default: {defaults.train_examples})")
     flag("--validation-examples", type=positive_int,
@@ -173,7 +173,7 @@ def build_parser():
                              help="instead, a grid of the first N validation digits above their reconstructions")
     reconstruct.add_argument("--sample", action="store_true",
                              help="decode a sampled z instead of the posterior mean (default: the mean)")
-    reconstruct.add_argument("--seed", type=int, default=1, help="seed of --sample (default: 1)")
+    reconstruct.add_argument("--seed", type=non_negative_int, default=1, help="seed of --sample (default: 1)")
     reconstruct.add_argument("--layer-structure", choices=("none", "lwta", "p-lwta"),
                              help="if given, must match the saved model")
     add_data_dir_flag(reconstruct)
@@ -202,7 +202,7 @@ def build_parser():
     add_trained_model_flag(sample)
     add_output_flag(sample)
     sample.add_argument("--count", type=positive_int, default=100, help="digits to draw (default: 100, 10 x 10)")
-    sample.add_argument("--seed", type=int, default=1, help="seed of the prior samples (default: 1)")
+    sample.add_argument("--seed", type=non_negative_int, default=1, help="seed of the prior samples (default: 1)")
 
     latent = add_command(
         commands, "latent", run_latent, help="plot the latent space",

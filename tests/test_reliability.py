@@ -147,6 +147,7 @@ def test_existing_model_directory_needs_resume_or_overwrite(model_dir):
     (["--train-examples", "60000"], "--train-examples must be between 1 and 55000"),
     (["--layer-structure", "lwta", "--block-size", "3"], "block size 3 does not divide the layer width 40"),
     (["--layer-structure", "dropout"], "argument --layer-structure: invalid choice"),
+    (["--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
 ])
 def test_bad_training_flags(tmp_path, flags, message):
     result = run_cli("train", "--model-path", tmp_path / "model", *SMALL, *flags)
@@ -242,11 +243,14 @@ def losses(folder):
 
 
 def start_and_stop(folder, how):
-    """Start a training subprocess, wait for its first checkpoint, then stop it with signal `how`."""
+    """Start a training subprocess, wait for its first checkpoint, then stop it with signal `how`.
+
+    metrics.csv is written after checkpoint.npz, so its presence means the first checkpoint is complete.
+    """
     process = subprocess.Popen(command("train", "--model-path", folder, *RESUMABLE),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not (folder / func.CHECKPOINT_FILE).exists():
+    while not (folder / func.METRICS_FILE).exists():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.02)
