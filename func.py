@@ -363,9 +363,8 @@ def load_model(model_dir, layer_structure=None):
     return model, config
 
 
-def _restore_training_state(trainer, model_dir):
-    """Load weights, optimizer state and history into `trainer`; returns (history, elapsed)."""
-    _, arrays = read_checkpoint(model_dir)
+def _restore_training_state(trainer, model_dir, arrays):
+    """Load the checkpoint `arrays` of `model_dir` into `trainer`: weights, optimizer state; returns (history, elapsed)."""
     what = f"{model_dir}/{CHECKPOINT_FILE} does not match its configuration"
     _assign(trainer.model.weights, arrays, "model_", what)
     _assign(trainer.optimizer.variables, arrays, "optimizer_", what)
@@ -456,7 +455,7 @@ def train(config, model_dir, overwrite=False, dataset=None, progress=True, label
     config.validate()
     dataset = dataset or load_data(config)
     shutil.rmtree(Path(model_dir) / TENSORBOARD_DIR, ignore_errors=True)  # curves of a replaced run
-    return _run(config, Path(model_dir), False, dataset, progress, label)
+    return _run(config, Path(model_dir), None, dataset, progress, label)
 
 
 def resume(model_dir, overrides=None, dataset=None, progress=True, label=""):
@@ -466,13 +465,14 @@ def resume(model_dir, overrides=None, dataset=None, progress=True, label=""):
     may change, any other value that differs from the saved run is an error.
     """
     prepare_model_dir(model_dir, resume=True, overwrite=False)
-    config = _resumed_config(model_dir, overrides or {})
+    saved, arrays = read_checkpoint(model_dir)
+    config = _resumed_config(saved, overrides or {})
     config.validate()
-    return _run(config, Path(model_dir), True, dataset, progress, label)
+    return _run(config, Path(model_dir), arrays, dataset, progress, label)
 
 
-def _resumed_config(model_dir, overrides):
-    saved, _ = read_checkpoint(model_dir)
+def _resumed_config(saved, overrides):
+    """The saved configuration with the changeable `overrides` applied; any other difference is a UsageError."""
     changeable = {"steps", "checkpoint_interval", "data_dir"}
     for name, wanted in overrides.items():
         had = getattr(saved, name)
@@ -484,10 +484,11 @@ def _resumed_config(model_dir, overrides):
     return dataclasses.replace(saved, **{name: overrides[name] for name in changeable & set(overrides)})
 
 
-def _run(config, model_dir, resumed, dataset, progress, label):
+def _run(config, model_dir, checkpoint, dataset, progress, label):
+    """The training loop; `checkpoint` holds the arrays of a resumed run, None for a new one."""
     dataset = dataset or load_data(config)
     trainer = Trainer(config, training_images(config, dataset.train), evaluation_images(config, dataset.validation))
-    history, elapsed = _restore_training_state(trainer, model_dir) if resumed else ([], 0.0)
+    history, elapsed = ([], 0.0) if checkpoint is None else _restore_training_state(trainer, model_dir, checkpoint)
     summary_writer = tf.summary.create_file_writer(str(model_dir / TENSORBOARD_DIR))
     step = trainer.step()
     display = _Progress(config.steps, step, label, metrics=("training loss", "validation loss")) if progress else None

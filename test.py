@@ -327,7 +327,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, structure):
     config = tiny_config(layer_structure=structure, steps=10)
     func.train(config, tmp_path / "model", dataset=dataset, progress=False)
     trainer = func.Trainer(config, dataset.train.images, dataset.validation.images)
-    func._restore_training_state(trainer, tmp_path / "model")
+    func._restore_training_state(trainer, tmp_path / "model", func.read_checkpoint(tmp_path / "model")[1])
     loaded, loaded_config = func.load_model(tmp_path / "model")
     assert loaded_config == config
     x = tf.constant(dataset.validation.images[:8])
