@@ -18,6 +18,7 @@ keyed on (seed, epoch), and every noise draw from a stateless seed keyed on
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -42,6 +43,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 METRICS_COLUMNS = ("step", "training_loss", "validation_loss", "elapsed_seconds")
+# Competing units form strided blocks (network._blocks); checkpoints without this mark hold adjacent blocks.
+BLOCK_LAYOUT, EARLIER_BLOCK_LAYOUT = "strided", "adjacent"
 # Evaluation images are binarized with one fixed draw, the same for every model, so their numbers compare.
 EVALUATION_BINARIZATION_SEED = 0
 # Independent random streams of a run, folded into the run's seed.
@@ -184,9 +187,8 @@ class Trainer:
     `train_interval` runs many steps in one XLA-compiled call, gathering each
     batch by index from the training images held as one tensor: on a CPU the
     per-step Python dispatch and the many small kernels of Adam and LWTA cost
-    more than the matrix products.  `jit_compile=False` gives the plain graph.
-    XLA draws other (equally valid) random numbers than TensorFlow's kernels for
-    the same seed, so a seed reproduces a run on the same path only.
+    more than the matrix products.  `jit_compile=False` gives the plain graph,
+    which draws the same random numbers (see :func:`network.uniform`).
     """
 
     def __init__(self, config, train_images, validation_images, jit_compile=True):
@@ -205,7 +207,9 @@ class Trainer:
             input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([None, None], tf.int32)],
             jit_compile=jit_compile,
         )
-        self.validation_loss = tf.function(self._validation_loss, input_signature=[tf.TensorSpec([], tf.int64)])
+        self.validation_loss = tf.function(
+            self._validation_loss, input_signature=[tf.TensorSpec([], tf.int64)], jit_compile=jit_compile
+        )
 
     def beta(self, step):
         """The KL weight at `step`: grows linearly from 0 over the warm-up, then stays at --beta."""
@@ -279,6 +283,7 @@ def save_checkpoint(model_dir, trainer, history, elapsed):
     arrays["history"] = np.asarray(history, dtype=np.float64).reshape(-1, len(METRICS_COLUMNS))
     arrays["elapsed"] = np.float64(elapsed)
     arrays["config"] = np.array(trainer.config.to_json())
+    arrays["block_layout"] = np.array(BLOCK_LAYOUT)
     utils.atomic_write(model_dir / CHECKPOINT_FILE, lambda temporary: np.savez(temporary, **arrays))
     utils.atomic_write_text(model_dir / CONFIG_FILE, trainer.config.to_json())
     write_metrics_csv(model_dir / METRICS_FILE, history)
@@ -360,12 +365,21 @@ def load_model(model_dir, layer_structure=None):
     except ValueError as error:
         raise DataError(f"{model_dir}: invalid configuration ({error})") from None
     _assign(model.weights, arrays, "model_", f"{model_dir}/{CHECKPOINT_FILE} does not match its configuration")
+    if block_layout(arrays) == EARLIER_BLOCK_LAYOUT:
+        network.adjacent_to_strided(model)
     return model, config
+
+
+def block_layout(arrays):
+    return str(arrays.get("block_layout", EARLIER_BLOCK_LAYOUT))
 
 
 def _restore_training_state(trainer, model_dir, arrays):
     """Load the checkpoint `arrays` of `model_dir` into `trainer`: weights, optimizer state; returns (history, elapsed)."""
     what = f"{model_dir}/{CHECKPOINT_FILE} does not match its configuration"
+    if block_layout(arrays) == EARLIER_BLOCK_LAYOUT and trainer.config.layer_structure != "none":
+        raise DataError(f"{model_dir} was trained with adjacent LWTA blocks by an earlier version; it can be "
+                        "evaluated, reconstructed and sampled, but not resumed")
     _assign(trainer.model.weights, arrays, "model_", what)
     _assign(trainer.optimizer.variables, arrays, "optimizer_", what)
     history = [tuple(row) for row in arrays["history"].tolist()]
@@ -675,8 +689,9 @@ def chunk_shape(image_count, importance_samples, chunk_size):
 
 def importance_noise(seed, indices, importance_samples, latent_dim):
     """epsilon ~ N(0, I), [images, K, latent]: image i's draws depend on (seed, i) alone, never on the chunking."""
-    return np.stack([np.random.default_rng([seed, index]).standard_normal((importance_samples, latent_dim), np.float32)
-                     for index in indices])
+    base = tf.constant([seed, 0], tf.int64)
+    return tf.map_fn(lambda index: network.normal([importance_samples, latent_dim], network.fold_in(base, index)),
+                     indices, fn_output_signature=tf.float32)
 
 
 def pad(array, size, axis=0):
@@ -686,35 +701,71 @@ def pad(array, size, axis=0):
     return np.pad(array, widths)
 
 
+@tf.function(jit_compile=True)
+def _posterior_samples(mean, log_variance, noise):
+    """z = mean + exp(log_variance / 2) * noise, [n, samples, latent], and log p(z) - log q(z|x), [n, samples]."""
+    z = mean[:, None] + tf.exp(0.5 * log_variance)[:, None] * noise
+    log_p_z = -0.5 * tf.reduce_sum(tf.square(z) + _LOG_2PI, axis=-1)
+    log_q_z = -0.5 * tf.reduce_sum(tf.square(noise) + log_variance[:, None] + _LOG_2PI, axis=-1)
+    return z, log_p_z - log_q_z
+
+
 def log_weights(log_likelihood, images, mean, log_variance, noise):
     """log w = log p(x|z) + log p(z) - log q(z|x) at z = mean + exp(log_variance / 2) * noise.
 
     `images` [n, D], `mean` and `log_variance` [n, latent], `noise` [n, samples,
-    latent]; all n x samples codes are decoded as one batch.  Returns (log w,
-    log p(x|z)), each [n, samples].
+    latent].  `log_likelihood(x, z)` gets x as [n, 1, D] and z as [n, samples,
+    latent].  Returns (log w, log p(x|z)), each [n, samples].
     """
-    z = mean[:, None] + tf.exp(0.5 * log_variance)[:, None] * noise
-    log_p_z = -0.5 * tf.reduce_sum(tf.square(z) + _LOG_2PI, axis=-1)
-    log_q_z = -0.5 * tf.reduce_sum(tf.square(noise) + log_variance[:, None] + _LOG_2PI, axis=-1)
-    samples = noise.shape[1]
-    log_p_x_given_z = tf.reshape(
-        log_likelihood(tf.repeat(images, samples, axis=0), tf.reshape(z, [-1, z.shape[-1]])), tf.shape(log_p_z))
-    return log_p_x_given_z + log_p_z - log_q_z, log_p_x_given_z
+    z, log_prior_ratio = _posterior_samples(mean, log_variance, noise)
+    log_p_x_given_z = log_likelihood(images[:, None], z)
+    return log_p_x_given_z + log_prior_ratio, log_p_x_given_z
 
 
-def _sums_over_samples(weigh, x, mean, log_variance, noise, chunk_samples):
-    """(logsumexp_k log w_k, sum_k log p(x|z_k)) for the len(noise) real images of one padded image chunk `x`.
+def decoder_log_likelihood(model, loss):
+    """log p(x|z) of a VAE, for :func:`log_weights`: x [n, 1, D], z [n, samples, latent] -> [n, samples].
 
-    The samples go through `weigh` (compiled :func:`log_weights`) in chunks of
-    `chunk_samples`, the last one padded; the log-sum-exp runs across chunks.
+    The decoder's matrix products run as one flat batch in TensorFlow's own
+    kernels, which are faster than XLA's at these shapes; the per-pixel
+    likelihood is compiled with XLA, which fuses it into one pass.
     """
-    count, importance_samples = noise.shape[:2]
+    @tf.function(jit_compile=True)
+    def per_pixel(x, logits):
+        return -utils.reconstruction_loss(tf.broadcast_to(x, tf.shape(logits)), logits, loss)
+
+    def log_likelihood(x, z):
+        logits = model.decode_logits(tf.reshape(z, [-1, z.shape[-1]]), training=False)
+        return per_pixel(x, tf.reshape(logits, tf.concat([tf.shape(z)[:-1], [-1]], 0)))
+
+    return log_likelihood
+
+
+@tf.function(jit_compile=True)
+def _chunk_noise(seed, indices, importance_samples, latent_dim, chunk_samples, first_sample):
+    """Samples first_sample, ..., first_sample + chunk_samples - 1 of :func:`importance_noise` (zero past the K-th)."""
+    noise = importance_noise(seed, indices, importance_samples, latent_dim)
+    padded = tf.pad(noise, [[0, 0], [0, -importance_samples % chunk_samples], [0, 0]])
+    return tf.slice(padded, tf.stack([0, first_sample, 0]), [-1, chunk_samples, -1])
+
+
+def _chunk_weights(log_likelihood, importance_samples, chunk_samples, seed, images, mean, log_variance, indices,
+                   first_sample):
+    """:func:`log_weights` of one chunk of samples; each image's K draws are made in the call, the chunk sliced."""
+    noise = _chunk_noise(seed, indices, importance_samples, mean.shape[-1], chunk_samples, first_sample)
+    return log_weights(log_likelihood, images, mean, log_variance, noise)
+
+
+def _sums_over_samples(weigh, x, mean, log_variance, indices, count, importance_samples, chunk_samples):
+    """(logsumexp_k log w_k, sum_k log p(x|z_k)) for the first `count` (real) images of one padded image chunk `x`.
+
+    The samples go through `weigh` (:func:`log_weights` of one sample chunk) in
+    chunks of `chunk_samples`; the log-sum-exp runs across chunks.
+    """
     log_sum, log_likelihood_sum = np.full(count, -np.inf), np.zeros(count)
     for start in range(0, importance_samples, chunk_samples):
-        chunk = noise[:, start : start + chunk_samples]
-        padded = pad(pad(chunk, len(x)), chunk_samples, axis=1)
-        weights, log_likelihoods = (tensor.numpy()[:count, : chunk.shape[1]].astype(np.float64)
-                                    for tensor in weigh(x, mean, log_variance, padded))
+        real = min(chunk_samples, importance_samples - start)
+        weights, log_likelihoods = (tensor.numpy()[:count, :real].astype(np.float64)
+                                    for tensor in weigh(x, mean, log_variance, indices, tf.constant(start)))
         log_sum = np.logaddexp(log_sum, np.logaddexp.reduce(weights, axis=1))
         log_likelihood_sum += log_likelihoods.sum(axis=1)
     return log_sum, log_likelihood_sum
@@ -742,16 +793,16 @@ def importance_weighted_bounds(encode, log_likelihood, images, importance_sample
         raise ValueError("no images to evaluate")
     chunk_images, chunk_samples = chunk_shape(count, importance_samples, chunk_size)
     encode_chunk = tf.function(encode)
-    weigh = tf.function(lambda *tensors: log_weights(log_likelihood, *tensors), jit_compile=True)  # XLA fuses the per-pixel work
+    weigh = tf.function(functools.partial(_chunk_weights, log_likelihood, importance_samples, chunk_samples, seed))
     log_sum, log_likelihood_sum, kl = np.zeros(count), np.zeros(count), np.zeros(count)
     display = _Progress(count, unit="image", metrics=("-log p(x)",)) if progress else None
     for start in range(0, count, chunk_images):
         stop = min(start + chunk_images, count)
         x = pad(images[start:stop], chunk_images)
         mean, log_variance = encode_chunk(x)
-        noise = importance_noise(seed, range(start, stop), importance_samples, mean.shape[-1])
         log_sum[start:stop], log_likelihood_sum[start:stop] = _sums_over_samples(
-            weigh, x, mean, log_variance, noise, chunk_samples)
+            weigh, x, mean, log_variance, tf.range(start, start + chunk_images, dtype=tf.int64), stop - start,
+            importance_samples, chunk_samples)
         kl[start:stop] = utils.kl_divergence(mean, log_variance).numpy()[: stop - start]
         if display:
             display.update(stop, {"-log p(x)": math.log(importance_samples) - np.mean(log_sum[:stop])})
@@ -785,7 +836,7 @@ def evaluate(model_dir, split="test", importance_samples=DEFAULT_IMPORTANCE_SAMP
     started = time.perf_counter()
     log_likelihood, reconstruction, kl = importance_weighted_bounds(
         lambda x: model.encode(x, training=False),
-        lambda x, z: -utils.reconstruction_loss(x, model.decode_logits(z, training=False), config.loss),
+        decoder_log_likelihood(model, config.loss),
         images, importance_samples, chunk_size, seed, progress,
     )
     per_image = {"negative_log_likelihood": -log_likelihood, "negative_elbo": reconstruction + kl,

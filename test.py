@@ -40,12 +40,17 @@ def tiny_config(**overrides):
 # Deterministic LWTA
 
 
+def as_blocks(array, block_size):
+    """[n, W] -> [n, W/k, k]: block i holds units i, i + W/k, ... (the strided blocks of network._blocks)."""
+    return array.reshape(len(array), block_size, -1).transpose(0, 2, 1)
+
+
 @pytest.mark.parametrize("block_size", [2, 4])
 def test_lwta_keeps_only_the_block_maximum(block_size):
     x = tf.random.stateless_normal((64, 40), seed=[1, 2])
     output = network.lwta(x, block_size).numpy()
-    blocks = x.numpy().reshape(64, 40 // block_size, block_size)
-    output_blocks = output.reshape(blocks.shape)
+    blocks = as_blocks(x.numpy(), block_size)
+    output_blocks = as_blocks(output, block_size)
     winners = blocks.argmax(-1)
     expected = np.zeros_like(blocks)
     np.put_along_axis(expected, winners[..., None], np.take_along_axis(blocks, winners[..., None], -1), -1)
@@ -54,8 +59,9 @@ def test_lwta_keeps_only_the_block_maximum(block_size):
 
 
 def test_lwta_passes_negative_winners_and_breaks_ties_to_the_first_unit():
-    x = tf.constant([[-3.0, -1.0, 2.0, 2.0, 5.0, -5.0]])
-    np.testing.assert_array_equal(network.lwta(x, 2).numpy(), [[0.0, -1.0, 2.0, 0.0, 5.0, 0.0]])
+    # Blocks of 2 over 6 units: (unit 0, unit 3), (1, 4), (2, 5).
+    x = tf.constant([[-3.0, 2.0, 5.0, -1.0, 2.0, -5.0]])
+    np.testing.assert_array_equal(network.lwta(x, 2).numpy(), [[0.0, 2.0, 5.0, -1.0, 0.0, 0.0]])
 
 
 def test_lwta_gradient_reaches_only_the_winners():
@@ -112,9 +118,9 @@ def test_p_lwta_inference_is_softmax_scaling_and_the_mean_of_training_outputs():
     draws = 20000
     x = tf.random.stateless_normal((1, 6), seed=[13, 14], dtype=tf.float64)
     inference = network.probabilistic_lwta(x, training=False, block_size=2).numpy()[0]
-    values = x.numpy()[0].reshape(3, 2)
+    values = as_blocks(x.numpy(), 2)[0]
     softmax = np.exp(values) / np.exp(values).sum(-1, keepdims=True)
-    np.testing.assert_allclose(inference, (values * softmax).ravel(), rtol=1e-12)
+    np.testing.assert_allclose(inference, (values * softmax).T.ravel(), rtol=1e-12)
     training = network.probabilistic_lwta(tf.tile(x, [draws, 1]), training=True, block_size=2,
                                           seed=tf.constant([15, 16])).numpy()
     standard_error = training.std(axis=0) / np.sqrt(draws)
@@ -156,14 +162,82 @@ def test_vae_shapes_and_where_the_competition_applies():
     mean, log_variance = model.encode(x)
     assert mean.shape == log_variance.shape == (5, 100)
     # As in the original, one unit of every block of the mean and log-variance heads is zeroed ...
-    assert (np.count_nonzero(mean.numpy().reshape(5, 50, 2), axis=-1) == 1).all()
-    assert (np.count_nonzero(log_variance.numpy().reshape(5, 50, 2), axis=-1) == 1).all()
+    assert (np.count_nonzero(as_blocks(mean.numpy(), 2), axis=-1) == 1).all()
+    assert (np.count_nonzero(as_blocks(log_variance.numpy(), 2), axis=-1) == 1).all()
     # ... unless the competition is restricted to the hidden layers.
     hidden_only = network.VAE("lwta", compete_latent=False)
     assert np.count_nonzero(hidden_only.encode(x)[0].numpy()) == 5 * 100
     reconstruction = model(x).numpy()
     assert reconstruction.shape == (5, 784) and ((reconstruction >= 0) & (reconstruction <= 1)).all()  # float32 sigmoid may saturate
     assert model.decode(mean).shape == (5, 784)
+
+
+def adjacent_reference(weights, x, structure, block_size):
+    """The encoder and decoder means of the original's network (blocks of adjacent units), in NumPy float64.
+
+    `weights` are the model's kernels and biases in the order of model.weights;
+    p-LWTA is in inference mode, so the result is deterministic.
+    """
+    def compete(h):
+        blocks = h.reshape(len(h), -1, block_size)
+        if structure == "lwta":
+            winners = blocks == blocks.max(-1, keepdims=True)
+            return (blocks * winners).reshape(h.shape)
+        softmax = np.exp(blocks - blocks.max(-1, keepdims=True))
+        return (blocks * softmax / softmax.sum(-1, keepdims=True)).reshape(h.shape)
+
+    w = [np.asarray(array, np.float64) for array in weights]
+    hidden = compete(x @ w[0] + w[1])
+    mean, log_variance = compete(hidden @ w[2] + w[3]), compete(hidden @ w[4] + w[5])
+    decoded = 1 / (1 + np.exp(-(compete(mean @ w[6] + w[7]) @ w[8] + w[9])))
+    return mean, log_variance, decoded
+
+
+@pytest.mark.parametrize("structure", ["lwta", "p-lwta"])
+def test_strided_blocks_are_the_originals_adjacent_blocks_relabelled(structure):
+    """Weights trained with adjacent blocks, relabelled by adjacent_to_strided, give the original's function."""
+    x = np.random.default_rng(0).random((16, 784))
+    model = network.VAE(structure, block_size=4)
+    adjacent_weights = [weight.numpy() for weight in model.weights]
+    network.adjacent_to_strided(model)
+    mean, log_variance = model.encode(tf.constant(x, tf.float32))
+    expected_mean, expected_log_variance, expected_decoded = adjacent_reference(adjacent_weights, x, structure, 4)
+    latent = network.strided_order(100, 4)  # the latent units are relabelled too
+    np.testing.assert_allclose(mean.numpy(), expected_mean[:, latent], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(log_variance.numpy(), expected_log_variance[:, latent], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.decode(mean).numpy(), expected_decoded, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_with_adjacent_blocks_loads_relabelled_and_is_not_resumed(tmp_path):
+    """A model saved before blocks became strided still computes what it computed then."""
+    config = tiny_config(layer_structure="lwta", steps=10)
+    func.train(config, tmp_path / "model", progress=False)
+    model, _ = func.load_model(tmp_path / "model")
+    path = tmp_path / "model" / func.CHECKPOINT_FILE
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files if name != "block_layout"}
+    # Write the same function in the earlier layout: move every relabelled unit back to its adjacent place.
+    earlier = network.VAE(**config.model_arguments())
+    hidden, latent, pixels = network.strided_order(40, 2), network.strided_order(10, 2), slice(None)
+    for layer, rows, columns in ((earlier.encoder_hidden, pixels, hidden), (earlier.mean_head, hidden, latent),
+                                 (earlier.log_variance_head, hidden, latent), (earlier.decoder_hidden, latent, hidden),
+                                 (earlier.decoder_output, hidden, pixels)):
+        trained = getattr(model, layer.name if layer.name.endswith("hidden") or layer.name == "decoder_output"
+                          else f"{layer.name}_head")
+        kernel, bias = np.empty(layer.kernel.shape, np.float32), np.empty(layer.bias.shape, np.float32)
+        kernel[np.ix_(np.arange(kernel.shape[0])[rows], np.arange(kernel.shape[1])[columns])] = trained.kernel.numpy()
+        bias[np.arange(bias.shape[0])[columns]] = trained.bias.numpy()
+        layer.kernel.assign(kernel)
+        layer.bias.assign(bias)
+    arrays.update({f"model_{i:03d}": weight.numpy() for i, weight in enumerate(earlier.weights)})
+    np.savez(path, **arrays)
+
+    loaded, _ = func.load_model(tmp_path / "model")
+    x = func.load_data(config).validation.images[:8]
+    np.testing.assert_allclose(loaded.encode(x)[0].numpy(), model.encode(x)[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(earlier.encode(x)[0].numpy(), model.encode(x)[0].numpy(), atol=1e-3)
+    with pytest.raises(utils.DataError, match="adjacent LWTA blocks"):
+        func.resume(tmp_path / "model", {"steps": 20}, progress=False)
 
 
 def test_initialisation_is_truncated_normal_with_stddev_0_1():
@@ -398,25 +472,27 @@ def test_reconstruct_decodes_the_posterior_mean_unless_sampling(tmp_path):
     np.testing.assert_array_equal(pixels[0], utils.to_uint8(model.decode(mean).numpy().reshape(28, 28)))
 
 
-@pytest.mark.parametrize("jit_compile", [True, False])
 @pytest.mark.parametrize("structure", network.LAYER_STRUCTURES)
-def test_multi_step_call_equals_one_step_at_a_time(structure, jit_compile):
-    """The fast path (many steps per compiled call, batches gathered in the graph) computes the plain steps."""
+def test_fast_path_equals_the_straightforward_step(structure):
+    """Many XLA-compiled steps per call, batches gathered in the graph, compute the plain graph's single steps:
+    same weights, batches and noise (seeded draws are alike on both paths), so the same losses and updates."""
     dataset = utils.load_dataset(train_examples=300, validation_examples=50)
     config = tiny_config(layer_structure=structure, batch_size=32)
     indices = func.batch_indices(config.seed, 0, 12, config.batch_size, 300)
-    fast = func.Trainer(config, dataset.train.images, dataset.validation.images, jit_compile=jit_compile)
+    fast = func.Trainer(config, dataset.train.images, dataset.validation.images)
     fast_losses = fast.train_interval(tf.constant(0, tf.int64), tf.constant(indices)).numpy()
-    plain = func.Trainer(config, dataset.train.images, dataset.validation.images, jit_compile=jit_compile)
-    one_step = tf.function(plain.train_step, jit_compile=jit_compile)
+    plain = func.Trainer(config, dataset.train.images, dataset.validation.images, jit_compile=False)
+    one_step = tf.function(plain.train_step)
     plain_losses = [one_step(tf.constant(dataset.train.images[batch]), tf.constant(step, tf.int64)).numpy()
                     for step, batch in enumerate(indices)]
     np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-5)
     for fast_weight, plain_weight in zip(fast.model.weights, plain.model.weights):
         np.testing.assert_allclose(fast_weight.numpy(), plain_weight.numpy(), rtol=1e-4, atol=1e-6)
     assert fast.step() == plain.step() == 12
+    np.testing.assert_allclose(fast.validation_loss(tf.constant(12, tf.int64)).numpy(),
+                               plain.validation_loss(tf.constant(12, tf.int64)).numpy(), rtol=1e-5)
     # Same seed, same path: identical.  A wrong step index or batch would break the match above.
-    again = func.Trainer(config, dataset.train.images, dataset.validation.images, jit_compile=jit_compile)
+    again = func.Trainer(config, dataset.train.images, dataset.validation.images)
     np.testing.assert_array_equal(again.train_interval(tf.constant(0, tf.int64), tf.constant(indices)).numpy(), fast_losses)
 
 
