@@ -123,8 +123,9 @@ def add_model_flags(parser, defaults):
 
 
 def add_data_dir_flag(parser):
-    parser.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files or mnist.npz "
-                                           "(default: $MNIST_DATA_DIR, else Keras's cache or download)")
+    parser.add_argument("--data-dir", help="folder with the dataset's four IDX .gz files or its .npz (default: "
+                                           "$MNIST_DATA_DIR, or $FASHION_MNIST_DATA_DIR with --dataset "
+                                           "fashion-mnist, else Keras's cache or download)")
 
 
 def add_command(commands, name, handler, help, description):
