@@ -62,8 +62,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return experiment.report_errors("compare_learning.py", lambda: run(args), args.debug)
+    return experiment.run_command(build_parser(), run, argv)
 
 
 def run(args):

@@ -39,8 +39,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return experiment.report_errors("create_comparison_figure.py", lambda: create(args), args.debug)
+    return experiment.run_command(build_parser(), create, argv)
 
 
 def create(args):

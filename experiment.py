@@ -59,10 +59,15 @@ def train_parser(name):
 # Running
 
 
+def run_command(parser, action, argv=None):
+    """Parse `argv` with `parser` and call action(args); returns the exit status, a user mistake in one line."""
+    args = parser.parse_args(argv)
+    return report_errors(parser.prog, lambda: action(args), args.debug)
+
+
 def main(name, argv=None):
     """Entry point of train_default.py, train_LWTA.py and train_pLWTA.py; returns the exit status."""
-    args = train_parser(name).parse_args(argv)
-    return report_errors(TRAIN_SCRIPTS[name], lambda: _train_and_report(name, args), args.debug)
+    return run_command(train_parser(name), lambda args: _train_and_report(name, args), argv)
 
 
 def _train_and_report(name, args):

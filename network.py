@@ -15,6 +15,8 @@ Random draws are stateless: every draw is a pure function of an explicit
 global seed generator (set by ``keras.utils.set_random_seed``) is used.
 """
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -106,7 +108,9 @@ def _first_winner(values):
 
 def _keep(values, survivor):
     """Each unit where it is its block's `survivor`, 0 elsewhere; gradients reach the survivors only."""
-    return tf.concat([tf.where(survivor == index, value, tf.zeros_like(value)) for index, value in enumerate(values)], axis=-1)
+    return tf.concat(
+        [tf.where(survivor == index, value, tf.zeros_like(value)) for index, value in enumerate(values)], axis=-1
+    )
 
 
 def lwta(x, block_size=2):
@@ -135,9 +139,7 @@ def probabilistic_lwta(x, training, block_size=2, seed=None):
     expected training output for a fixed input.
     """
     values = _blocks(x, block_size)
-    largest = values[0]
-    for value in values[1:]:
-        largest = tf.maximum(largest, value)
+    largest = functools.reduce(tf.maximum, values)
     weights = [tf.exp(value - largest) for value in values]  # softmax numerators, the largest is 1
     total = tf.add_n(weights)
     if not training:
@@ -330,7 +332,6 @@ class VAE(keras.Model):
             "input_dim": self.input_dim,
             "compete_latent": self.compete_latent,
         }
-
 
 
 def adjacent_to_strided(model):
