@@ -6,7 +6,9 @@
 
 Everything is measured in one run: the ceiling (a large square tf.matmul), the
 compiled training step of each structure at two batch sizes, validation, and
-the importance-weighted evaluation.  The wall time of compare_learning.py's
+the importance-weighted evaluation.  The training settings take turns in
+rounds, each round opened by a ceiling measurement, and fractions are of the
+highest ceiling measured.  The wall time of compare_learning.py's
 default run is extrapolated from the measured rates and labelled as such.
 Inputs are random pixels, so no dataset is needed; the work per step does not
 depend on the pixel values.
@@ -14,6 +16,7 @@ depend on the pixel values.
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -48,64 +51,93 @@ def timed(function, repeats):
     return statistics.median(times), min(times), max(times)
 
 
-def matmul_ceiling(size, repeats):
+def matmul_ceiling(size=2048, repeats=3):
     """GFLOP/s of a size x size float32 matrix product through TensorFlow (the machine's ceiling)."""
     a = tf.random.stateless_normal((size, size), seed=[1, 2])
     b = tf.random.stateless_normal((size, size), seed=[3, 4])
     product = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    median, _, _ = timed(lambda: product().numpy(), repeats)
-    return 2 * size**3 / median / 1e9
+    _, fastest, _ = timed(lambda: product().numpy(), repeats)
+    return 2 * size**3 / fastest / 1e9
 
 
-def training_rate(structure, batch_size, steps_per_call, repeats):
-    """Training steps per second: (median, slowest, fastest) over repeats of one compiled multi-step call."""
+def trainer_call(structure, batch_size, steps):
+    """A function that runs `steps` compiled training steps of a fresh model, and one that validates it."""
     config = func.TrainConfig(layer_structure=structure, batch_size=batch_size, train_examples=10000)
     images = np.random.default_rng(0).random((10000, PIXELS), dtype=np.float32)
     trainer = func.Trainer(config, images, images[:1000])
-    indices = tf.constant(func.batch_indices(1, 0, steps_per_call, batch_size, len(images)))
-    run = lambda: trainer.train_interval(tf.constant(0, tf.int64), indices).numpy()  # noqa: E731
-    median, fastest, slowest = timed(run, repeats)
-    validation, _, _ = timed(lambda: trainer.validation_loss(tf.constant(0, tf.int64)).numpy(), repeats)
-    return steps_per_call / median, steps_per_call / slowest, steps_per_call / fastest, validation
+    indices = tf.constant(func.batch_indices(1, 0, steps, batch_size, len(images)))
+    train = lambda: trainer.train_interval(tf.constant(0, tf.int64), indices).numpy()  # noqa: E731
+    validate = lambda: trainer.validation_loss(tf.constant(0, tf.int64)).numpy()  # noqa: E731
+    return train, validate
 
 
-def evaluation_rate(images_count, importance_samples, repeats):
-    """Images x importance samples per second of the importance-weighted estimator on an untrained VAE."""
+def training_seconds(calls, rounds):
+    """({setting: [seconds of its call in each round]}, [the ceiling of each round]) for `calls`, {setting: call}.
+
+    The calls take turns within each round, after the round's ceiling, so a
+    shared machine's drifting speed touches them all alike.
+    """
+    for call in calls.values():
+        call()  # compile
+    seconds, ceilings = {setting: [] for setting in calls}, []
+    for _ in range(rounds):
+        ceilings.append(matmul_ceiling())
+        for setting, call in calls.items():
+            start = time.perf_counter()
+            call()
+            seconds[setting].append(time.perf_counter() - start)
+    return seconds, ceilings
+
+
+def evaluation_seconds(images_count, importance_samples):
+    """Wall time of the importance-weighted estimator on `images_count` random images, untrained VAE."""
     model = network.VAE("none")
     images = np.random.default_rng(0).random((images_count, PIXELS), dtype=np.float32)
     log_likelihood = func.decoder_log_likelihood(model, "mse")
-    run = lambda: func.importance_weighted_bounds(model.encode, log_likelihood, images, importance_samples,  # noqa: E731
-                                                  func.DEFAULT_CHUNK_SIZE, seed=1)
-    median, _, _ = timed(run, repeats)
-    return images_count * importance_samples / median
+    start = time.perf_counter()
+    func.importance_weighted_bounds(model.encode, log_likelihood, images, importance_samples, seed=1)
+    return time.perf_counter() - start
+
+
+def evaluation_rate(few, many, importance_samples):
+    """(image-samples per second, one-off seconds): the rate from the difference of a run on `few` and on `many`
+    images, so that tracing and compiling, paid once per `evaluate`, cancel out; the one-off cost is what remains.
+    A first run compiles what later runs reuse, as the first `evaluate` of a session does."""
+    evaluation_seconds(few, importance_samples)
+    short, long = evaluation_seconds(few, importance_samples), evaluation_seconds(many, importance_samples)
+    rate = (many - few) * importance_samples / (long - short)
+    return rate, short - few * importance_samples / rate
 
 
 def measure(quick):
-    repeats = 3 if quick else 7
+    rounds = 3 if quick else 7
     steps_per_call = 50 if quick else 200
     results = {"machine": f"{platform.processor() or platform.machine()}, {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} intra-op threads",
-               "cpu_count": __import__("os").cpu_count(), "tensorflow": tf.__version__, "quick": quick}
-    # The ceiling drifts with the load of a shared machine: measured before and after the rest, the higher counts.
-    first_ceiling = matmul_ceiling(2048, repeats)
+               "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "quick": quick}
+    settings = [(structure, batch_size, steps_per_call if batch_size == 100 else max(5, steps_per_call // 10))
+                for structure in network.LAYER_STRUCTURES for batch_size in (100, 1000)]
+    calls = {setting: trainer_call(*setting) for setting in settings}
+    seconds, ceilings = training_seconds({setting: train for setting, (train, _) in calls.items()}, rounds)
     results["training"] = []
-    for structure in network.LAYER_STRUCTURES:
-        for batch_size in (100, 1000):
-            steps = steps_per_call if batch_size == 100 else max(5, steps_per_call // 10)
-            median, slowest, fastest, validation = training_rate(structure, batch_size, steps, repeats)
-            gflops = median * TRAIN_FLOPS_PER_IMAGE * batch_size / 1e9
-            results["training"].append({
-                "structure": structure, "batch_size": batch_size, "steps_per_second": median,
-                "spread": [slowest, fastest], "gflop_per_step": TRAIN_FLOPS_PER_IMAGE * batch_size / 1e9,
-                "gflops": gflops, "validation_seconds": validation,
-            })
+    for setting, (_, validate) in calls.items():
+        structure, batch_size, steps = setting
+        times = seconds[setting]
+        validation, _, _ = timed(validate, rounds)
+        results["training"].append({
+            "structure": structure, "batch_size": batch_size, "steps_per_second": steps / statistics.median(times),
+            "spread": [steps / max(times), steps / min(times)], "gflop_per_step": TRAIN_FLOPS_PER_IMAGE * batch_size / 1e9,
+            "validation_seconds": validation,
+        })
     samples = 5000
-    rate = evaluation_rate(20 if quick else 200, samples, 1)  # each call compiles once, as `evaluate` does
+    rate, one_off = evaluation_rate(5, 25 if quick else 205, samples)
     results["evaluation"] = {"importance_samples": samples, "image_samples_per_second": rate,
-                             "gflops": rate * DECODE_FLOPS / 1e9,
-                             "test_set_minutes_at_k5000": 10000 * 5000 / rate / 60}
-    results["ceiling_gflops_before_and_after"] = [first_ceiling, matmul_ceiling(2048, repeats)]
-    ceiling = results["ceiling_gflops"] = max(results["ceiling_gflops_before_and_after"])
+                             "one_off_seconds": one_off, "gflops": rate * DECODE_FLOPS / 1e9,
+                             "test_set_minutes_at_k5000": (10000 * 5000 / rate + one_off) / 60}
+    ceilings.append(matmul_ceiling())
+    results["ceilings_gflops"] = ceilings
+    ceiling = results["ceiling_gflops"] = max(ceilings)
     for row in results["training"]:
+        row["gflops"] = row["steps_per_second"] * row["gflop_per_step"]
         row["fraction_of_ceiling"] = row["gflops"] / ceiling
     results["evaluation"]["fraction_of_ceiling"] = results["evaluation"]["gflops"] / ceiling
     batch_100 = [row for row in results["training"] if row["batch_size"] == 100]
@@ -117,9 +149,9 @@ def measure(quick):
 
 def print_table(results):
     print(f"TensorFlow {results['tensorflow']} on {results['machine']}, {results['cpu_count']} CPUs")
-    before, after = results["ceiling_gflops_before_and_after"]
-    print(f"float32 matmul ceiling (2048x2048): {results['ceiling_gflops']:.1f} GFLOP/s "
-          f"(the higher of {before:.1f} before and {after:.1f} after the measurements)")
+    ceilings = results["ceilings_gflops"]
+    print(f"float32 matmul ceiling (2048x2048): {results['ceiling_gflops']:.1f} GFLOP/s, the highest of "
+          f"{len(ceilings)} measurements spread over the run ({min(ceilings):.1f} the lowest)")
     print()
     print("| structure | batch | steps/s (median) | spread (min-max) | GFLOP/step | GFLOP/s | of ceiling |")
     print("|---|---|---|---|---|---|---|")
@@ -130,7 +162,8 @@ def print_table(results):
     evaluation = results["evaluation"]
     print()
     print(f"evaluate (K={evaluation['importance_samples']}): {evaluation['image_samples_per_second']:,.0f} "
-          f"image-samples/s, {evaluation['gflops']:.1f} GFLOP/s, {evaluation['fraction_of_ceiling']:.0%} of ceiling; "
+          f"image-samples/s, {evaluation['gflops']:.1f} GFLOP/s, {evaluation['fraction_of_ceiling']:.0%} of ceiling, "
+          f"plus {evaluation['one_off_seconds']:.1f} s once for tracing; "
           f"10,000 test images at K=5000: {evaluation['test_set_minutes_at_k5000']:.1f} min")
     print(f"compare_learning.py default run (6 x 5,000 steps, validation every 10), extrapolated from the rates "
           f"above: {results['compare_learning_minutes_extrapolated']:.1f} min")

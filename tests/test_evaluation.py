@@ -143,12 +143,25 @@ def test_the_numbers_do_not_depend_on_the_chunking():
     # last image chunk padded).
     assert func.chunk_shape(7, 10, 3) == (1, 3) and func.chunk_shape(7, 10, 25) == (2, 10)
     assert func.chunk_shape(7, 10, 1000) == (7, 10)  # never more images per call than there are
+    assert func.chunk_shape(1000, 1, 25000) == (func.MAX_CHUNK_IMAGES, 1)  # each image's draw is in the graph
     for chunk_size in (3, 25):
         chunked = func.importance_weighted_bounds(model.encode, log_likelihood, images, 10, chunk_size, seed=8)
         for expected, actual in zip(one_call, chunked):
             np.testing.assert_allclose(actual, expected, rtol=1e-5)
     other_seed = func.importance_weighted_bounds(model.encode, log_likelihood, images, 10, chunk_size=70, seed=9)
     assert not np.allclose(other_seed[0], one_call[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", utils.LOSSES)
+def test_the_decoder_likelihood_in_parts_equals_one_pass(loss, monkeypatch):
+    monkeypatch.setattr(func, "DECODE_ROWS", 4)  # 2 images x 7 samples: decoded as 3 parts of 3, 2 and 2 samples
+    model = network.VAE("lwta", hidden_units=20, latent_dim=4)
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.random((2, 1, utils.PIXELS), dtype=np.float32))
+    z = tf.constant(rng.normal(size=(2, 7, 4)).astype(np.float32))
+    expected = -utils.reconstruction_loss(tf.broadcast_to(x, (2, 7, utils.PIXELS)), model.decode_logits(z), loss)
+    actual = tf.function(func.decoder_log_likelihood(model, loss))(x, z)
+    np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------
