@@ -1,6 +1,6 @@
 """Benchmark: training and evaluation speed as fractions of this machine's float32 matrix-product ceiling.
 
-    python bench.py            # full run (a few minutes)
+    python bench.py            # full run (about two minutes)
     python bench.py --quick    # a short run
     python bench.py --json bench.json
 
@@ -9,7 +9,8 @@ compiled training step of each structure at two batch sizes, validation, and
 the importance-weighted evaluation.  The training settings take turns in
 rounds, each round opened by a ceiling measurement, and fractions are of the
 highest ceiling measured.  The wall time of compare_learning.py's
-default run is extrapolated from the measured rates and labelled as such.
+default run is extrapolated from a short and a long training run of each
+structure through the real training loop, and labelled as such.
 Inputs are random pixels, so no dataset is needed; the work per step does not
 depend on the pixel values.
 """
@@ -20,7 +21,9 @@ import os
 import platform
 import resource
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -60,12 +63,18 @@ def matmul_ceiling(size=2048, repeats=3):
     return 2 * size**3 / fastest / 1e9
 
 
-def trainer_call(structure, batch_size, steps):
+def random_dataset(train_examples=10000, validation_examples=1000):
+    """MNIST-shaped random pixels: the work of training and validation does not depend on the pixel values."""
+    rng = np.random.default_rng(0)
+    split = lambda count: utils.Split(rng.random((count, PIXELS), dtype=np.float32), np.zeros(count, np.int64))  # noqa: E731
+    return utils.Dataset(split(train_examples), split(validation_examples), split(1))
+
+
+def trainer_call(structure, batch_size, steps, dataset):
     """A function that runs `steps` compiled training steps of a fresh model, and one that validates it."""
-    config = func.TrainConfig(layer_structure=structure, batch_size=batch_size, train_examples=10000)
-    images = np.random.default_rng(0).random((10000, PIXELS), dtype=np.float32)
-    trainer = func.Trainer(config, images, images[:1000])
-    indices = tf.constant(func.batch_indices(1, 0, steps, batch_size, len(images)))
+    config = func.TrainConfig(layer_structure=structure, batch_size=batch_size)
+    trainer = func.Trainer(config, dataset.train.images, dataset.validation.images)
+    indices = tf.constant(func.batch_indices(1, 0, steps, batch_size, len(dataset.train.images)))
     train = lambda: trainer.train_interval(tf.constant(0, tf.int64), indices).numpy()  # noqa: E731
     validate = lambda: trainer.validation_loss(tf.constant(0, tf.int64)).numpy()  # noqa: E731
     return train, validate
@@ -89,10 +98,32 @@ def training_seconds(calls, rounds):
     return seconds, ceilings
 
 
+def training_run_seconds(structure, steps, dataset):
+    """Wall time of func.train, as compare_learning.py calls it: batch 100, validation every 10 steps."""
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        func.train(func.TrainConfig(layer_structure=structure, steps=steps), Path(folder) / "model",
+                   dataset=dataset, progress=False)
+        return time.perf_counter() - start
+
+
+def compare_learning_minutes(short, long, dataset):
+    """compare_learning.py's default run (two learning rates x three structures x 5,000 steps), in minutes,
+    extrapolated from `short`- and `long`-step training runs: their difference gives the cost of a step in the
+    training loop (validation and checkpoints included), the rest is each run's fixed cost (tracing, compiling)."""
+    minutes = 0
+    for structure in network.LAYER_STRUCTURES:
+        short_seconds = training_run_seconds(structure, short, dataset)
+        step = (training_run_seconds(structure, long, dataset) - short_seconds) / (long - short)
+        fixed = short_seconds - short * step
+        minutes += 2 * (fixed + 5000 * step) / 60
+    return minutes
+
+
 def evaluation_seconds(images_count, importance_samples):
     """Wall time of the importance-weighted estimator on `images_count` random images, untrained VAE."""
     model = network.VAE("none")
-    images = np.random.default_rng(0).random((images_count, PIXELS), dtype=np.float32)
+    images = random_dataset(validation_examples=images_count).validation.images
     log_likelihood = func.decoder_log_likelihood(model, "mse")
     start = time.perf_counter()
     func.importance_weighted_bounds(model.encode, log_likelihood, images, importance_samples, seed=1)
@@ -116,7 +147,8 @@ def measure(quick):
                "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "quick": quick}
     settings = [(structure, batch_size, steps_per_call if batch_size == 100 else max(5, steps_per_call // 10))
                 for structure in network.LAYER_STRUCTURES for batch_size in (100, 1000)]
-    calls = {setting: trainer_call(*setting) for setting in settings}
+    dataset = random_dataset()
+    calls = {setting: trainer_call(*setting, dataset) for setting in settings}
     seconds, ceilings = training_seconds({setting: train for setting, (train, _) in calls.items()}, rounds)
     results["training"] = []
     for setting, (_, validate) in calls.items():
@@ -140,9 +172,8 @@ def measure(quick):
         row["gflops"] = row["steps_per_second"] * row["gflop_per_step"]
         row["fraction_of_ceiling"] = row["gflops"] / ceiling
     results["evaluation"]["fraction_of_ceiling"] = results["evaluation"]["gflops"] / ceiling
-    batch_100 = [row for row in results["training"] if row["batch_size"] == 100]
-    results["compare_learning_minutes_extrapolated"] = sum(
-        2 * (5000 / row["steps_per_second"] + 500 * row["validation_seconds"]) for row in batch_100) / 60
+    results["compare_learning_minutes_extrapolated"] = compare_learning_minutes(
+        *((100, 300) if quick else (200, 1000)), dataset)
     results["peak_resident_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results
 
@@ -165,8 +196,8 @@ def print_table(results):
           f"image-samples/s, {evaluation['gflops']:.1f} GFLOP/s, {evaluation['fraction_of_ceiling']:.0%} of ceiling, "
           f"plus {evaluation['one_off_seconds']:.1f} s once for tracing; "
           f"10,000 test images at K=5000: {evaluation['test_set_minutes_at_k5000']:.1f} min")
-    print(f"compare_learning.py default run (6 x 5,000 steps, validation every 10), extrapolated from the rates "
-          f"above: {results['compare_learning_minutes_extrapolated']:.1f} min")
+    print(f"compare_learning.py default run (6 x 5,000 steps, validation every 10), extrapolated from short and "
+          f"long training runs: {results['compare_learning_minutes_extrapolated']:.1f} min")
     print(f"peak resident memory: {results['peak_resident_mib']:.0f} MiB")
 
 

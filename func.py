@@ -733,15 +733,22 @@ def decoder_log_likelihood(model, loss):
     """log p(x|z) of a VAE, for :func:`log_weights`: x [n, 1, D], z [n, samples, latent] -> [n, samples].
 
     The decoder's matrix products run in TensorFlow's own kernels, which are
-    faster than XLA's at these shapes, on about DECODE_ROWS samples at a time;
-    the per-pixel likelihood is compiled with XLA, which fuses it into one pass.
+    faster than XLA's at these shapes, on about DECODE_ROWS samples at a time.
+    XLA compiles the per-pixel likelihood and the LWTA competition, each into
+    one pass; ReLU stays fused into TensorFlow's matrix product.
     """
     @tf.function(jit_compile=True)
     def per_pixel(x, logits):
         return -utils.reconstruction_loss(tf.broadcast_to(x, tf.shape(logits)), logits, loss)
 
+    if model.layer_structure == "none":
+        decode_logits = functools.partial(model.decode_logits, training=False)
+    else:
+        compete = tf.function(functools.partial(model.decoder_activation, training=False), jit_compile=True)
+        decode_logits = lambda z: model.decoder_output(compete(model.decoder_hidden(z)))  # noqa: E731
+
     def decode_part(x, z):
-        logits = model.decode_logits(tf.reshape(z, [-1, z.shape[-1]]), training=False)
+        logits = decode_logits(tf.reshape(z, [-1, z.shape[-1]]))
         return per_pixel(x, tf.reshape(logits, tf.concat([tf.shape(z)[:-1], [-1]], 0)))
 
     def log_likelihood(x, z):

@@ -153,9 +153,10 @@ def test_the_numbers_do_not_depend_on_the_chunking():
 
 
 @pytest.mark.parametrize("loss", utils.LOSSES)
-def test_the_decoder_likelihood_in_parts_equals_one_pass(loss, monkeypatch):
+@pytest.mark.parametrize("layer_structure", network.LAYER_STRUCTURES)
+def test_the_decoder_likelihood_in_parts_equals_one_pass(layer_structure, loss, monkeypatch):
     monkeypatch.setattr(func, "DECODE_ROWS", 4)  # 2 images x 7 samples: decoded as 3 parts of 3, 2 and 2 samples
-    model = network.VAE("lwta", hidden_units=20, latent_dim=4)
+    model = network.VAE(layer_structure, hidden_units=20, latent_dim=4)
     rng = np.random.default_rng(11)
     x = tf.constant(rng.random((2, 1, utils.PIXELS), dtype=np.float32))
     z = tf.constant(rng.normal(size=(2, 7, 4)).astype(np.float32))
