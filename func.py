@@ -500,6 +500,8 @@ def _resumed_config(saved, overrides):
 
 def _run(config, model_dir, checkpoint, dataset, progress, label):
     """The training loop; `checkpoint` holds the arrays of a resumed run, None for a new one."""
+    for name in (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE):
+        utils.remove_stale_temporaries(model_dir / name)
     dataset = dataset or load_data(config)
     trainer = Trainer(config, training_images(config, dataset.train), evaluation_images(config, dataset.validation))
     history, elapsed = ([], 0.0) if checkpoint is None else _restore_training_state(trainer, model_dir, checkpoint)

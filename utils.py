@@ -1,6 +1,7 @@
 """Data loading, the loss, image helpers and atomic file writes."""
 
 import dataclasses
+import glob
 import gzip
 import math
 import os
@@ -260,6 +261,16 @@ def atomic_write(path, write):
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path):
+    """Delete what an :func:`atomic_write` of `path` killed mid-way (SIGKILL, power loss) left behind.
+
+    Only one process may write a given path, so any such file is stale.
+    """
+    path = Path(path)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+        leftover.unlink(missing_ok=True)
 
 
 def _umask():

@@ -211,6 +211,19 @@ def test_output_path_that_cannot_be_written(model_dir, tmp_path):
     assert_clean_failure(trained, 1, "cannot write")
 
 
+def test_only_the_stale_temporaries_of_a_path_are_removed(tmp_path):
+    target = tmp_path / "checkpoint.npz"
+    utils.atomic_write(target, lambda temporary: Path(temporary).write_bytes(b"complete"))
+    stale = [tmp_path / ".checkpoint.npz.k9x_2ab.tmp.npz", tmp_path / ".checkpoint.npz.q1.tmp"]
+    others = [tmp_path / ".metrics.csv.k9x_2ab.tmp.csv", tmp_path / "checkpoint.npz.k9x_2ab.tmp.npz",
+              tmp_path / ".checkpoint.npz.notes"]
+    for path in stale + others:
+        path.write_bytes(b"x")
+    utils.remove_stale_temporaries(target)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in [target, *others])
+    assert target.read_bytes() == b"complete"
+
+
 def test_debug_shows_the_traceback(tmp_path):
     for flags, env in (((), {"WTA_VAE_DEBUG": "1"}), (("--debug",), None)):
         result = run_cli(*flags, "reconstruct", "--model-path", tmp_path / "nowhere", "--output-path", tmp_path / "x.png",
@@ -294,8 +307,11 @@ def test_terminated_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, unin
 
 def test_resume_can_extend_a_finished_run(tmp_path, uninterrupted):
     folder = Path(shutil.copytree(uninterrupted, tmp_path / "model"))
+    stale = folder / f".{func.CHECKPOINT_FILE}.k9x_2ab.tmp.npz"  # what a write killed mid-way leaves
+    stale.write_bytes(b"half a checkpoint")
     result = run_cli("train", "--model-path", folder, "--resume", "--steps", 1020)
     assert result.returncode == 0, result.stderr
+    assert not stale.exists()
     assert [row[0] for row in losses(folder)][-3:] == [1000, 1010, 1020]
     assert losses(folder)[:100] == losses(uninterrupted)
 
