@@ -190,8 +190,8 @@ def build_parser():
     evaluate.add_argument("--importance-samples", type=positive_int, default=func.DEFAULT_IMPORTANCE_SAMPLES,
                           help="K, samples per image (default: %(default)s, as in Burda et al. 2015)")
     evaluate.add_argument("--chunk-size", type=positive_int, default=func.DEFAULT_CHUNK_SIZE,
-                          help=f"images x samples decoded per compiled call, at most {func.MAX_CHUNK_IMAGES} images; memory grows with it, by "
-                               "about 2.5 KiB each for the 784-500-100 network (default: %(default)s)")
+                          help=f"images x samples decoded per compiled call, at most {func.MAX_CHUNK_IMAGES} images; memory "
+                               "grows with it, by about 2.5 KiB each for the 784-500-100 network (default: %(default)s)")
     evaluate.add_argument("--seed", type=non_negative_int, default=1,
                           help="seed of the importance samples (default: 1)")
     add_limit_flag(evaluate, "images of the split")
