@@ -1,6 +1,6 @@
 """Benchmark: training and evaluation speed as fractions of this machine's float32 matrix-product ceiling.
 
-    python bench.py            # full run (about two minutes)
+    python bench.py            # full run (a little over a minute)
     python bench.py --quick    # a short run
     python bench.py --json bench.json
 
