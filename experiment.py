@@ -23,16 +23,23 @@ def add_debug_flag(parser):
     parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (or set {DEBUG_VARIABLE}=1)")
 
 
-def add_data_flags(parser):
-    """--seed, --train-examples, --validation-examples and --data-dir, with TrainConfig's defaults."""
+def add_data_flags(parser, tell_given=False):
+    """--seed, --train-examples, --validation-examples and --data-dir, with TrainConfig's defaults.
+
+    With `tell_given` they default to None instead, so that --resume can tell what was given.
+    """
     defaults = func.TrainConfig()
+
+    def default(value):
+        return None if tell_given else value
+
     flag = parser.add_argument
-    flag("--seed", type=non_negative_int, default=defaults.seed,
-         help="seed of initialisation, shuffling and every random draw (default: %(default)s)")
-    flag("--train-examples", type=positive_int, default=defaults.train_examples,
-         help="training images, taken from image 5,000 of the training file (default: %(default)s)")
-    flag("--validation-examples", type=positive_int, default=defaults.validation_examples,
-         help="validation images, the first of the training file (default: %(default)s)")
+    flag("--seed", type=non_negative_int, default=default(defaults.seed),
+         help=f"seed of initialisation, shuffling and every random draw (default: {defaults.seed})")
+    flag("--train-examples", type=positive_int, default=default(defaults.train_examples),
+         help=f"training images, taken from image 5,000 of the training file (default: {defaults.train_examples})")
+    flag("--validation-examples", type=positive_int, default=default(defaults.validation_examples),
+         help=f"validation images, the first of the training file (default: {defaults.validation_examples})")
     add_data_dir_flag(parser)
 
 
@@ -45,12 +52,17 @@ def train_parser(name):
                     f"{func.RECONSTRUCTED_DIGITS} validation digits into <output-dir>/{name}/{func.RESULTS_DIR}/.",
     )
     flag = parser.add_argument
-    flag("--steps", type=positive_int, default=settings.steps, help="training steps, i.e. mini-batches (default: %(default)s)")
-    flag("--learning-rate", type=positive_float, default=settings.learning_rate, help="Adam learning rate (default: %(default)g)")
-    flag("--batch-size", type=positive_int, default=settings.batch_size, help="images per training step (default: %(default)s)")
-    add_data_flags(parser)
+    # Defaults of None tell --resume what was given; the experiment's settings fill in the rest.
+    flag("--steps", type=positive_int, help=f"training steps, i.e. mini-batches (default: {settings.steps})")
+    flag("--learning-rate", type=positive_float, help=f"Adam learning rate (default: {settings.learning_rate:g})")
+    flag("--batch-size", type=positive_int, help=f"images per training step (default: {settings.batch_size})")
+    add_data_flags(parser, tell_given=True)
     flag("--output-dir", default="saved_models", help=f"the model goes to <output-dir>/{name} (default: %(default)s)")
-    flag("--overwrite", action="store_true", help="replace an existing model (default: refuse)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing model (default: refuse)")
+    mode.add_argument("--resume", action="store_true",
+                      help=f"continue <output-dir>/{name} from its checkpoint, e.g. to a larger --steps, and "
+                           "rewrite its reconstructions (default: start a new model)")
     add_debug_flag(parser)
     return parser
 
@@ -71,7 +83,10 @@ def main(name, argv=None):
 
 
 def _train_and_report(name, args):
-    history = func.train_and_reconstruct(name, args.output_dir, overwrite=args.overwrite, **given_config_values(args))
+    if args.resume:
+        history = func.resume_and_reconstruct(name, args.output_dir, **given_config_values(args))
+    else:
+        history = func.train_and_reconstruct(name, args.output_dir, overwrite=args.overwrite, **given_config_values(args))
     step, _, validation_loss, elapsed = history[-1]
     results = os.path.join(args.output_dir, name, func.RESULTS_DIR)
     print(f"saved {os.path.join(args.output_dir, name)} at step {step} (validation loss {validation_loss:.3f} nats "

@@ -918,11 +918,11 @@ def result_paths(model_dir):
     return [Path(model_dir) / RESULTS_DIR / f"mnist_{index}.png" for index in range(RECONSTRUCTED_DIGITS)]
 
 
-def write_reconstructions(model_dir, dataset):
-    """Reconstruct the first validation digits of `dataset` with the saved model (posterior mean, inference
-    mode) and write each as a 28x28 grayscale PNG; returns the paths."""
+def write_reconstructions(model_dir, dataset=None):
+    """Reconstruct the first validation digits of `dataset` (default: the model's own) with the saved model
+    (posterior mean, inference mode) and write each as a 28x28 grayscale PNG; returns the paths."""
     model, config = load_model(model_dir)
-    images = evaluation_images(config, dataset.validation)[:RECONSTRUCTED_DIGITS]
+    images = evaluation_images(config, (dataset or load_data(config)).validation)[:RECONSTRUCTED_DIGITS]
     paths = result_paths(model_dir)
     for path, reconstruction in zip(paths, reconstruct_images(model, images)):
         utils.save_grayscale_png(path, reconstruction.reshape(utils.IMAGE_SIDE, utils.IMAGE_SIDE))
@@ -939,11 +939,25 @@ def train_and_reconstruct(name, models_dir="saved_models", overwrite=False, data
     config.validate()
     model_dir = Path(models_dir) / name
     if has_model(model_dir) and not overwrite:
-        raise UsageError(f"{model_dir} already exists; pass --overwrite to replace it")
+        raise UsageError(f"{model_dir} already exists; pass --overwrite to replace it or --resume to continue it")
     print(f"{name}: layer structure {config.layer_structure}, learning rate {config.learning_rate:g}, "
           f"batch size {config.batch_size}, {config.steps} steps, seed {config.seed}, {config.train_examples} "
           f"training and {config.validation_examples} validation images -> {model_dir}", flush=True)
     dataset = dataset or load_data(config)
     history = train(config, model_dir, overwrite=overwrite, dataset=dataset, progress=progress)
     write_reconstructions(model_dir, dataset)  # replaces a previous model's results, each file atomically
+    return history
+
+
+def resume_and_reconstruct(name, models_dir="saved_models", progress=True, **overrides):
+    """Continue experiment `name` in models_dir/name from its checkpoint, then rewrite its results.
+
+    `overrides` are the TrainConfig fields the user gave; as for :func:`resume`,
+    only steps, checkpoint_interval and data_dir may differ from the saved run.
+    Returns the whole metrics history.
+    """
+    model_dir = Path(models_dir) / name
+    print(f"{name}: resuming {model_dir}", flush=True)
+    history = resume(model_dir, overrides, progress=progress)
+    write_reconstructions(model_dir)
     return history

@@ -100,6 +100,39 @@ def test_existing_model_without_overwrite_is_a_one_line_error(trained, capsys):
     assert checkpoint.read_bytes() == before
 
 
+def test_train_script_resumes_its_model_and_rewrites_the_reconstructions(trained, validation_images, tmp_path, capsys):
+    models_dir = tmp_path / "saved_models"
+    shutil.copytree(trained[0] / "lwta", models_dir / "lwta")
+    before = func.read_metrics_csv(models_dir / "lwta" / func.METRICS_FILE)
+    for path in func.result_paths(models_dir / "lwta"):
+        path.unlink()
+    assert experiment.main("lwta", ["--output-dir", str(models_dir), "--resume", "--steps", "30"]) == 0
+    assert "saved" in capsys.readouterr().out
+    model, config = func.load_model(models_dir / "lwta")
+    assert (config.steps, config.train_examples) == (30, 500), "the saved run's settings, --steps changed"
+    after = func.read_metrics_csv(models_dir / "lwta" / func.METRICS_FILE)
+    assert [row[:3] for row in after[:2]] == [row[:3] for row in before] and after[-1][0] == 30
+    expected = utils.to_uint8(func.reconstruct_images(model, validation_images[:10]))
+    for index, path in enumerate(func.result_paths(models_dir / "lwta")):
+        assert np.abs(png(path)[2].astype(int) - expected[index].reshape(28, 28)).max() <= 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--resume", "--learning-rate", "0.01"], "--learning-rate 0.01 disagrees with the saved run's 0.001"),
+    (["--resume", "--overwrite"], "not allowed with argument"),
+])
+def test_train_script_resume_mistakes_are_one_line_errors(trained, flags, message, capsys):
+    models_dir, _ = trained
+    checkpoint = models_dir / "lwta" / func.CHECKPOINT_FILE
+    before = checkpoint.read_bytes()
+    try:
+        status = experiment.main("lwta", [*flags, "--output-dir", str(models_dir)])
+    except SystemExit as exit:  # argparse's own errors
+        status = exit.code
+    assert_one_line_error(capsys.readouterr(), status, 2, message)
+    assert checkpoint.read_bytes() == before
+
+
 def test_bad_flag_is_a_one_line_usage_error(capsys):
     with pytest.raises(SystemExit) as exit:
         experiment.main("default", ["--steps", "0"])
