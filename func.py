@@ -427,8 +427,8 @@ class _StopRequest:
 class _Progress:
     """A Keras progress bar on a terminal, a line every tenth of the work otherwise.
 
-    Counts `unit`s (steps, images) up to `total`; each update shows the named
-    `metrics` and the rate since the previous update.
+    Counts `unit`s (steps, images) up to `total`; what is shown holds the named
+    `metrics` and the rate since the previous display.
     """
 
     def __init__(self, total, done=0, label="", unit="step", metrics=()):
@@ -440,13 +440,15 @@ class _Progress:
         self.last_time, self.last_done = time.perf_counter(), done
 
     def update(self, done, values):
-        """Show `done` units and `values`, a {metric name: number} dictionary."""
+        """Show `done` units and `values`, a {metric name: number} dictionary, if it is time to."""
+        if self.bar is None and done < self.next_line and done != self.total:
+            return
         now = time.perf_counter()
         rate = (done - self.last_done) / max(now - self.last_time, 1e-9)
         self.last_time, self.last_done = now, done
         if self.bar is not None:
             self.bar.update(done, [*values.items(), (self.rate_name, rate)])
-        elif done >= self.next_line or done == self.total:
+        else:
             shown = "".join(f"  {name} {value:.3f}" for name, value in values.items())
             print(f"{self.label}{self.unit} {done}/{self.total}{shown}  {rate:.0f} {self.rate_name}", flush=True)
             self.next_line = done + max(1, self.total // 10)

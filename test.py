@@ -462,6 +462,19 @@ def test_reconstruct_decodes_the_posterior_mean_unless_sampling(tmp_path):
     np.testing.assert_array_equal(pixels[0], utils.to_uint8(model.decode(mean).numpy().reshape(28, 28)))
 
 
+def test_progress_lines_show_the_rate_since_the_previous_line(monkeypatch, capsys):
+    clock = [0.0]
+    monkeypatch.setattr(func.time, "perf_counter", lambda: clock[0])
+    progress = func._Progress(100, metrics=("loss",))  # not a terminal under pytest: a line every 10 steps
+    for update, done in enumerate(range(5, 101, 5)):
+        clock[0] += 1 if update % 2 == 0 else 4  # 5 steps in 1 s, the next 5 in 4 s, and so on
+        progress.update(done, {"loss": 1.0})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == [f"{done}/100" for done in (5, 15, 25, 35, 45, 55, 65, 75, 85, 95, 100)]
+    rates = [line.split("loss 1.000")[1].strip() for line in lines]
+    assert rates == ["5 steps/s"] + ["2 steps/s"] * 9 + ["1 steps/s"], rates  # 10 steps in 5 s between lines
+
+
 @pytest.mark.parametrize("structure", network.LAYER_STRUCTURES)
 def test_fast_path_equals_the_straightforward_step(structure):
     """Many XLA-compiled steps per call, batches gathered in the graph, compute the plain graph's single steps:
