@@ -271,6 +271,33 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def drop_events_after(folder, step):
+    """Remove the TensorBoard events past `step` from `folder`, so that a run resumed at `step` does not draw
+    the steps that its killed or diverged predecessor logged after its last checkpoint a second time."""
+    for path in Path(folder).glob("events.out.tfevents.*"):
+        records, complete = _read_records(path)
+        kept = [record for record in records if tf.compat.v1.Event.FromString(record).step <= step]
+        if len(kept) < len(records) or not complete:
+            utils.atomic_write(path, functools.partial(_write_records, kept))
+
+
+def _read_records(path):
+    """(the records of a TFRecord file, False if its last record was cut short, as by a kill)."""
+    records = []
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            records.append(record.numpy())
+    except tf.errors.DataLossError:
+        return records, False
+    return records, True
+
+
+def _write_records(records, path):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
 def has_model(model_dir):
     return (Path(model_dir) / CHECKPOINT_FILE).exists()
 
@@ -507,8 +534,9 @@ def _run(config, model_dir, checkpoint, dataset, progress, label):
     dataset = dataset or load_data(config)
     trainer = Trainer(config, training_images(config, dataset.train), evaluation_images(config, dataset.validation))
     history, elapsed = ([], 0.0) if checkpoint is None else _restore_training_state(trainer, model_dir, checkpoint)
-    summary_writer = tf.summary.create_file_writer(str(model_dir / TENSORBOARD_DIR))
     step = trainer.step()
+    drop_events_after(model_dir / TENSORBOARD_DIR, step)
+    summary_writer = tf.summary.create_file_writer(str(model_dir / TENSORBOARD_DIR))
     display = _Progress(config.steps, step, label, metrics=("training loss", "validation loss")) if progress else None
     last_checkpoint = step
     with _StopRequest() as stop, summary_writer.as_default():
@@ -535,6 +563,7 @@ def _run(config, model_dir, checkpoint, dataset, progress, label):
                 display.update(step, {"training loss": history[-1][1], "validation loss": validation_loss})
             if step // config.checkpoint_interval > last_checkpoint // config.checkpoint_interval or stop.signal_number:
                 save_checkpoint(model_dir, trainer, history, elapsed)
+                summary_writer.flush()  # the curves on disk reach the checkpoint, whatever happens next
                 last_checkpoint = step
             if stop.signal_number:
                 raise TrainingInterrupted(step, model_dir, stop.signal_number)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import func
 import utils
@@ -272,8 +273,18 @@ def start_and_stop(folder, how):
     return process.returncode, stdout, stderr
 
 
+def tensorboard_steps(folder, tag="loss/validation"):
+    """The steps of `tag` in the TensorBoard events of a model directory, in the order they were written."""
+    steps = []
+    for path in sorted((folder / func.TENSORBOARD_DIR).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return steps
+
+
 def assert_same_run(resumed, uninterrupted):
     assert losses(resumed) == losses(uninterrupted)
+    assert tensorboard_steps(resumed) == [row[0] for row in losses(resumed)], "each step drawn once, none missing"
     reference = checkpoint_arrays(uninterrupted)
     final = checkpoint_arrays(resumed)
     assert final.keys() == reference.keys()
