@@ -51,7 +51,8 @@ def build_parser():
     flag("--steps", type=experiment.positive_int, default=DEFAULT_STEPS, help="training steps of every run (default: %(default)s)")
     flag("--learning-rates", type=learning_rates, default=list(DEFAULT_LEARNING_RATES),
          help="comma-separated Adam learning rates, one panel each (default: 0.001,0.0001)")
-    experiment.add_data_flags(parser)
+    experiment.add_data_flags(parser, func.TrainConfig(), tell_given=False)
+    experiment.add_data_dir_flag(parser)
     flag("--output-prefix", default="compare_learning",
          help="writes <prefix>.png, <prefix>.pdf and <prefix>.csv (default: %(default)s)")
     flag("--models-dir", default="saved_models",

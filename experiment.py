@@ -7,7 +7,7 @@ WTA_VAE_DEBUG=1, shows the full traceback instead.
 
 import os
 
-from script import (DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, given_config_values, non_negative_int, positive_float,
+from script import (DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, add_data_flags, given_config_values, positive_float,
                     positive_int, report_errors)
 
 import func  # already imported, with TensorFlow's start-up banner hidden, by script
@@ -23,26 +23,6 @@ def add_debug_flag(parser):
     parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (or set {DEBUG_VARIABLE}=1)")
 
 
-def add_data_flags(parser, tell_given=False):
-    """--seed, --train-examples, --validation-examples and --data-dir, with TrainConfig's defaults.
-
-    With `tell_given` they default to None instead, so that --resume can tell what was given.
-    """
-    defaults = func.TrainConfig()
-
-    def default(value):
-        return None if tell_given else value
-
-    flag = parser.add_argument
-    flag("--seed", type=non_negative_int, default=default(defaults.seed),
-         help=f"seed of initialisation, shuffling and every random draw (default: {defaults.seed})")
-    flag("--train-examples", type=positive_int, default=default(defaults.train_examples),
-         help=f"training images, taken from image 5,000 of the training file (default: {defaults.train_examples})")
-    flag("--validation-examples", type=positive_int, default=default(defaults.validation_examples),
-         help=f"validation images, the first of the training file (default: {defaults.validation_examples})")
-    add_data_dir_flag(parser)
-
-
 def train_parser(name):
     """The flags of a train_*.py script; the defaults are the original's settings for model `name`."""
     settings = func.EXPERIMENTS[name]
@@ -56,13 +36,14 @@ def train_parser(name):
     flag("--steps", type=positive_int, help=f"training steps, i.e. mini-batches (default: {settings.steps})")
     flag("--learning-rate", type=positive_float, help=f"Adam learning rate (default: {settings.learning_rate:g})")
     flag("--batch-size", type=positive_int, help=f"images per training step (default: {settings.batch_size})")
-    add_data_flags(parser, tell_given=True)
+    add_data_flags(parser, func.TrainConfig())
+    add_data_dir_flag(parser)
     flag("--output-dir", default="saved_models", help=f"the model goes to <output-dir>/{name} (default: %(default)s)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing model (default: refuse)")
     mode.add_argument("--resume", action="store_true",
                       help=f"continue <output-dir>/{name} from its checkpoint, e.g. to a larger --steps, and "
                            "rewrite its reconstructions (default: start a new model)")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing model (default: refuse)")
     add_debug_flag(parser)
     return parser
 

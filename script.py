@@ -111,15 +111,28 @@ def add_model_flags(parser, defaults):
     flag("--beta", type=non_negative_float, help=f"weight of the KL term in the objective (default: {defaults.beta})")
     flag("--kl-warmup-steps", type=non_negative_int,
          help=f"grow the KL weight linearly from 0 to --beta over this many steps (default: {defaults.kl_warmup_steps})")
-    flag("--seed", type=non_negative_int, help=f"seed of initialisation, shuffling and every random draw (default: {defaults.seed})")
-    flag("--train-examples", type=positive_int,
-         help=f"training images, taken from image 5,000 of the training file, at most 55,000 (default: {defaults.train_examples})")
-    flag("--validation-examples", type=positive_int,
-         help=f"validation images, the first of the training file, at most 5,000 (default: {defaults.validation_examples})")
+    add_data_flags(parser, defaults)
     flag("--validation-interval", type=positive_int,
          help=f"steps between validation losses (default: {defaults.validation_interval})")
     flag("--checkpoint-interval", type=positive_int,
          help=f"steps between checkpoints (default: {defaults.checkpoint_interval})")
+
+
+def add_data_flags(parser, defaults, tell_given=True):
+    """--seed, --train-examples and --validation-examples, shown with their values in `defaults`.
+
+    With `tell_given` they default to None, so that --resume can tell what was given; else to those values.
+    """
+    def default(value):
+        return None if tell_given else value
+
+    flag = parser.add_argument
+    flag("--seed", type=non_negative_int, default=default(defaults.seed),
+         help=f"seed of initialisation, shuffling and every random draw (default: {defaults.seed})")
+    flag("--train-examples", type=positive_int, default=default(defaults.train_examples),
+         help=f"training images, taken from image 5,000 of the training file, at most 55,000 (default: {defaults.train_examples})")
+    flag("--validation-examples", type=positive_int, default=default(defaults.validation_examples),
+         help=f"validation images, the first of the training file, at most 5,000 (default: {defaults.validation_examples})")
 
 
 def add_data_dir_flag(parser):
