@@ -140,26 +140,29 @@ def evaluation_rate(few, many, importance_samples):
     return rate, short - few * importance_samples / rate
 
 
-def measure(quick):
-    rounds = 3 if quick else 7
-    steps_per_call = 50 if quick else 200
-    results = {"machine": f"{platform.processor() or platform.machine()}, {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} intra-op threads",
-               "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "quick": quick}
+def training_results(dataset, rounds, steps_per_call):
+    """(a row per structure and batch size, the ceilings measured between the rounds)."""
     settings = [(structure, batch_size, steps_per_call if batch_size == 100 else max(5, steps_per_call // 10))
                 for structure in network.LAYER_STRUCTURES for batch_size in (100, 1000)]
-    dataset = random_dataset()
     calls = {setting: trainer_call(*setting, dataset) for setting in settings}
     seconds, ceilings = training_seconds({setting: train for setting, (train, _) in calls.items()}, rounds)
-    results["training"] = []
-    for setting, (_, validate) in calls.items():
-        structure, batch_size, steps = setting
-        times = seconds[setting]
+    rows = []
+    for (structure, batch_size, steps), (_, validate) in calls.items():
+        times = seconds[structure, batch_size, steps]
         validation, _, _ = timed(validate, rounds)
-        results["training"].append({
+        rows.append({
             "structure": structure, "batch_size": batch_size, "steps_per_second": steps / statistics.median(times),
             "spread": [steps / max(times), steps / min(times)], "gflop_per_step": TRAIN_FLOPS_PER_IMAGE * batch_size / 1e9,
             "validation_seconds": validation,
         })
+    return rows, ceilings
+
+
+def measure(quick):
+    results = {"machine": f"{platform.processor() or platform.machine()}, {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} intra-op threads",
+               "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "quick": quick}
+    dataset = random_dataset()
+    results["training"], ceilings = training_results(dataset, rounds=3 if quick else 7, steps_per_call=50 if quick else 200)
     samples = 5000
     rate, one_off = evaluation_rate(5, 25 if quick else 205, samples)
     results["evaluation"] = {"importance_samples": samples, "image_samples_per_second": rate,
