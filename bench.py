@@ -123,7 +123,7 @@ def compare_learning_minutes(short, long, dataset):
 def evaluation_seconds(images_count, importance_samples):
     """Wall time of the importance-weighted estimator on `images_count` random images, untrained VAE."""
     model = network.VAE("none")
-    images = random_dataset(validation_examples=images_count).validation.images
+    images = random_dataset(train_examples=1, validation_examples=images_count).validation.images
     log_likelihood = func.decoder_log_likelihood(model, "mse")
     start = time.perf_counter()
     func.importance_weighted_bounds(model.encode, log_likelihood, images, importance_samples, seed=1)

@@ -64,10 +64,11 @@ def main(name, argv=None):
 
 
 def _train_and_report(name, args):
+    given = given_config_values(args)
     if args.resume:
-        history = func.resume_and_reconstruct(name, args.output_dir, **given_config_values(args))
+        history = func.resume_and_reconstruct(name, args.output_dir, **given)
     else:
-        history = func.train_and_reconstruct(name, args.output_dir, overwrite=args.overwrite, **given_config_values(args))
+        history = func.train_and_reconstruct(name, args.output_dir, overwrite=args.overwrite, **given)
     step, _, validation_loss, elapsed = history[-1]
     results = os.path.join(args.output_dir, name, func.RESULTS_DIR)
     print(f"saved {os.path.join(args.output_dir, name)} at step {step} (validation loss {validation_loss:.3f} nats "

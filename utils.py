@@ -242,13 +242,22 @@ def to_original_scale(negative_elbo_nats, loss="mse"):
 # Files and images
 
 
+_TEMPORARY_MARK = ".tmp"
+
+
+def _temporary_prefix(path):
+    """How the names of :func:`atomic_write`'s temporaries of `path` begin: hidden, beside `path`."""
+    return f".{path.name}."
+
+
 def atomic_write(path, write):
     """Call write(temporary_path), then rename it onto `path`: readers see the old or the new file, never half."""
     path = Path(path)
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes))
+        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path),
+                                                 suffix=_TEMPORARY_MARK + "".join(path.suffixes))
         os.close(descriptor)
     except OSError as error:
         raise DataError(f"cannot write {path}: {error.strerror or error}") from None
@@ -269,7 +278,7 @@ def remove_stale_temporaries(path):
     Only one process may write a given path, so any such file is stale.
     """
     path = Path(path)
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+    for leftover in path.parent.glob(f"{glob.escape(_temporary_prefix(path))}*{_TEMPORARY_MARK}*"):
         leftover.unlink(missing_ok=True)
 
 
