@@ -1,6 +1,6 @@
 """Benchmark: training and evaluation speed as fractions of this machine's float32 matrix-product ceiling.
 
-    python bench.py            # full run (a little over a minute)
+    python bench.py            # full run (about a minute and a half)
     python bench.py --quick    # a short run
     python bench.py --json bench.json
 
@@ -130,14 +130,21 @@ def evaluation_seconds(images_count, importance_samples):
     return time.perf_counter() - start
 
 
-def evaluation_rate(few, many, importance_samples):
-    """(image-samples per second, one-off seconds): the rate from the difference of a run on `few` and on `many`
-    images, so that tracing and compiling, paid once per `evaluate`, cancel out; the one-off cost is what remains.
-    A first run compiles what later runs reuse, as the first `evaluate` of a session does."""
+def evaluation_rate(few, many, importance_samples, repeats):
+    """(median image-samples per second, their (min, max), median one-off seconds) of `repeats` measurements.
+
+    Each rate is the difference of a run on `few` and on `many` images, so that
+    tracing and compiling, paid once per `evaluate`, cancel out; the one-off
+    cost is what remains.  A first run compiles what later runs reuse, as the
+    first `evaluate` of a session does.
+    """
     evaluation_seconds(few, importance_samples)
-    short, long = evaluation_seconds(few, importance_samples), evaluation_seconds(many, importance_samples)
-    rate = (many - few) * importance_samples / (long - short)
-    return rate, short - few * importance_samples / rate
+    rates, one_offs = [], []
+    for _ in range(repeats):
+        short, long = evaluation_seconds(few, importance_samples), evaluation_seconds(many, importance_samples)
+        rates.append((many - few) * importance_samples / (long - short))
+        one_offs.append(short - few * importance_samples / rates[-1])
+    return statistics.median(rates), (min(rates), max(rates)), statistics.median(one_offs)
 
 
 def training_results(dataset, rounds, steps_per_call):
@@ -164,9 +171,10 @@ def measure(quick):
     dataset = random_dataset()
     results["training"], ceilings = training_results(dataset, rounds=3 if quick else 7, steps_per_call=50 if quick else 200)
     samples = 5000
-    rate, one_off = evaluation_rate(5, 25 if quick else 205, samples)
-    results["evaluation"] = {"importance_samples": samples, "image_samples_per_second": rate,
-                             "one_off_seconds": one_off, "gflops": rate * DECODE_FLOPS / 1e9,
+    repeats = 3
+    rate, spread, one_off = evaluation_rate(5, 25 if quick else 205, samples, repeats)
+    results["evaluation"] = {"importance_samples": samples, "repeats": repeats, "image_samples_per_second": rate,
+                             "spread": spread, "one_off_seconds": one_off, "gflops": rate * DECODE_FLOPS / 1e9,
                              "test_set_minutes_at_k5000": (10000 * 5000 / rate + one_off) / 60}
     ceilings.append(matmul_ceiling())
     results["ceilings_gflops"] = ceilings
@@ -196,7 +204,8 @@ def print_table(results):
     evaluation = results["evaluation"]
     print()
     print(f"evaluate (K={evaluation['importance_samples']}): {evaluation['image_samples_per_second']:,.0f} "
-          f"image-samples/s, {evaluation['gflops']:.1f} GFLOP/s, {evaluation['fraction_of_ceiling']:.0%} of ceiling, "
+          f"image-samples/s (median of {evaluation['repeats']}, spread {evaluation['spread'][0]:,.0f}-"
+          f"{evaluation['spread'][1]:,.0f}), {evaluation['gflops']:.1f} GFLOP/s, {evaluation['fraction_of_ceiling']:.0%} of ceiling, "
           f"plus {evaluation['one_off_seconds']:.1f} s once for tracing; "
           f"10,000 test images at K=5000: {evaluation['test_set_minutes_at_k5000']:.1f} min")
     print(f"compare_learning.py default run (6 x 5,000 steps, validation every 10), extrapolated from short and "

@@ -1,0 +1,38 @@
+"""bench.py --quick runs end to end and writes the table it prints as JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_writes_its_table_as_json(tmp_path):
+    path = tmp_path / "bench.json"
+    finished = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--quick", "--json", str(path)],
+                              capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    results = json.loads(path.read_text())
+
+    # A step: forward and backward, 3 x 2 FLOPs per multiply-add of 784-500-(100, 100)-500-784.
+    multiply_adds = 784 * 500 + 2 * 500 * 100 + 100 * 500 + 500 * 784
+    rows = {(row["structure"], row["batch_size"]): row for row in results["training"]}
+    assert set(rows) == {(structure, batch) for structure in ("none", "lwta", "p-lwta") for batch in (100, 1000)}
+    ceiling = results["ceiling_gflops"]
+    assert ceiling == max(results["ceilings_gflops"]) > 0
+    for (structure, batch), row in rows.items():
+        assert row["gflop_per_step"] == 6 * multiply_adds * batch / 1e9
+        slowest, fastest = row["spread"]
+        assert 0 < slowest <= row["steps_per_second"] <= fastest
+        assert row["fraction_of_ceiling"] == row["steps_per_second"] * row["gflop_per_step"] / ceiling
+        assert f"| {structure} | {batch} | {row['steps_per_second']:.1f} |" in finished.stdout
+
+    evaluation = results["evaluation"]
+    slowest, fastest = evaluation["spread"]
+    assert 0 < slowest <= evaluation["image_samples_per_second"] <= fastest
+    # One importance sample decodes once: 100-500-784.
+    assert evaluation["gflops"] == evaluation["image_samples_per_second"] * (2 * (100 * 500 + 500 * 784)) / 1e9
+    assert evaluation["fraction_of_ceiling"] == evaluation["gflops"] / ceiling
+    assert results["compare_learning_minutes_extrapolated"] > 0
+    assert results["peak_resident_mib"] > 0
