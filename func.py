@@ -539,6 +539,11 @@ def _run(config, model_dir, checkpoint, dataset, progress, label):
     summary_writer = tf.summary.create_file_writer(str(model_dir / TENSORBOARD_DIR))
     display = _Progress(config.steps, step, label, metrics=("training loss", "validation loss")) if progress else None
     last_checkpoint = step
+
+    def save():
+        summary_writer.flush()  # the curves first: whenever a checkpoint exists, the events of its steps are on disk
+        save_checkpoint(model_dir, trainer, history, elapsed)
+
     with _StopRequest() as stop, summary_writer.as_default():
         while step < config.steps:
             started = time.perf_counter()
@@ -562,13 +567,12 @@ def _run(config, model_dir, checkpoint, dataset, progress, label):
             if display:
                 display.update(step, {"training loss": history[-1][1], "validation loss": validation_loss})
             if step // config.checkpoint_interval > last_checkpoint // config.checkpoint_interval or stop.signal_number:
-                save_checkpoint(model_dir, trainer, history, elapsed)
-                summary_writer.flush()  # the curves on disk reach the checkpoint, whatever happens next
+                save()
                 last_checkpoint = step
             if stop.signal_number:
                 raise TrainingInterrupted(step, model_dir, stop.signal_number)
     if last_checkpoint != step or not has_model(model_dir):
-        save_checkpoint(model_dir, trainer, history, elapsed)
+        save()
     summary_writer.close()
     return history
 

@@ -303,6 +303,22 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, uninterrupted):
     assert_same_run(folder, uninterrupted)
 
 
+def test_every_checkpoint_finds_the_curves_of_its_steps_on_disk(tmp_path, monkeypatch):
+    """A run killed right after writing a checkpoint resumes from it, so the TensorBoard events of every step up to
+    that checkpoint must already be on disk when it is written (the kill test above only hits this by chance)."""
+    on_disk = []
+
+    def save_checkpoint(model_dir, trainer, history, elapsed):
+        on_disk.append((history[-1][0], tensorboard_steps(model_dir)))
+        original(model_dir, trainer, history, elapsed)
+
+    original = func.save_checkpoint
+    monkeypatch.setattr(func, "save_checkpoint", save_checkpoint)
+    func.train(func.TrainConfig(steps=50, checkpoint_interval=20, train_examples=300, validation_examples=50,
+                                hidden_units=40, latent_dim=10), tmp_path / "model", progress=False)
+    assert on_disk == [(step, list(range(10, step + 1, 10))) for step in (20, 40, 50)]
+
+
 def test_terminated_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, uninterrupted):
     folder = tmp_path / "model"
     status, _, stderr = start_and_stop(folder, signal.SIGTERM)
