@@ -738,11 +738,9 @@ def importance_noise(seed, indices, importance_samples, latent_dim):
                      for index in tf.unstack(indices)])
 
 
-def pad(array, size, axis=0):
-    """`array` padded with zeros along `axis` to `size`, so that every compiled call sees one shape."""
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (0, size - array.shape[axis])
-    return np.pad(array, widths)
+def pad(array, size):
+    """`array` padded with zero rows to `size` rows, so that every compiled call sees one shape."""
+    return np.pad(array, [(0, size - len(array))] + [(0, 0)] * (array.ndim - 1))
 
 
 @tf.function(jit_compile=True)
