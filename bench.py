@@ -11,11 +11,18 @@ rounds, each round opened by a ceiling measurement, and fractions are of the
 highest ceiling measured.  The wall time of compare_learning.py's
 default run is extrapolated from a short and a long training run of each
 structure through the real training loop, and labelled as such.
+
+A breakdown follows, measured by taking pieces out: the batch-100 step of
+`none` with a plain gradient step in place of Adam, an evaluation chunk and
+each of its pieces timed alone, the seeded samplers against XLA's others, and
+chained matrix products in XLA's kernels against TensorFlow's.
+
 Inputs are random pixels, so no dataset is needed; the work per step does not
 depend on the pixel values.
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -25,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
 import script  # noqa: F401  (imports TensorFlow quietly)
@@ -41,6 +49,7 @@ FORWARD_MACS = PIXELS * HIDDEN + 2 * HIDDEN * LATENT + LATENT * HIDDEN + HIDDEN 
 TRAIN_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS
 # One importance sample decodes once: decoder hidden and output layers.
 DECODE_FLOPS = 2 * (LATENT * HIDDEN + HIDDEN * PIXELS)
+PLAIN_UPDATE = "none, batch 100, plain update"
 
 
 def timed(function, repeats):
@@ -70,10 +79,17 @@ def random_dataset(train_examples=10000, validation_examples=1000):
     return utils.Dataset(split(train_examples), split(validation_examples), split(1))
 
 
-def trainer_call(structure, batch_size, steps, dataset):
-    """A function that runs `steps` compiled training steps of a fresh model, and one that validates it."""
+def trainer_call(structure, batch_size, steps, dataset, plain_update=False):
+    """A function that runs `steps` compiled training steps of a fresh model, and one that validates it.
+
+    `plain_update` swaps Adam for a plain gradient step (before anything is
+    traced), which shows what Adam's update costs.
+    """
     config = func.TrainConfig(layer_structure=structure, batch_size=batch_size)
     trainer = func.Trainer(config, dataset.train.images, dataset.validation.images)
+    if plain_update:
+        trainer.optimizer = keras.optimizers.SGD(config.learning_rate)
+        trainer.optimizer.build(trainer.model.trainable_variables)
     indices = tf.constant(func.batch_indices(1, 0, steps, batch_size, len(dataset.train.images)))
     train = lambda: trainer.train_interval(tf.constant(0, tf.int64), indices).numpy()  # noqa: E731
     validate = lambda: trainer.validation_loss(tf.constant(0, tf.int64)).numpy()  # noqa: E731
@@ -147,12 +163,87 @@ def evaluation_rate(few, many, importance_samples, repeats):
     return statistics.median(rates), (min(rates), max(rates)), statistics.median(one_offs)
 
 
+def milliseconds(calls, repeats):
+    """{name: median milliseconds of call()} for `calls`, {name: call}, each after a warm-up call."""
+    return {name: 1000 * timed(call, repeats)[0] for name, call in calls.items()}
+
+
+def evaluation_chunk_pieces(repeats, images_count=5, importance_samples=5000):
+    """Milliseconds of one default evaluation chunk (5 images x 5,000 samples, untrained ReLU model) and of each
+    of its pieces, timed alone on the same inputs."""
+    model = network.VAE("none")
+    log_likelihood = func.decoder_log_likelihood(model, "mse")
+    x = tf.constant(random_dataset(train_examples=1, validation_examples=images_count).validation.images)
+    mean, log_variance = model.encode(x)
+    indices = tf.range(images_count, dtype=tf.int64)
+    noise = func.chunk_noise(1, indices, importance_samples, LATENT, importance_samples, 0)
+    z, _ = func.posterior_samples(mean, log_variance, noise)
+    parts = max(1, images_count * importance_samples // func.DECODE_ROWS)
+    products = tf.function(lambda z: [model.decode_logits(part) for part in tf.split(tf.reshape(z, [-1, LATENT]), parts)])
+    weigh = tf.function(functools.partial(func.chunk_weights, log_likelihood, importance_samples, importance_samples, 1))
+    log_likelihood = tf.function(log_likelihood)  # a graph, as inside `weigh`
+    return milliseconds({
+        "chunk": lambda: weigh(x, mean, log_variance, indices, tf.constant(0)),
+        "noise": lambda: func.chunk_noise(1, indices, importance_samples, LATENT, importance_samples, 0),
+        "z and log p(z) - log q(z|x)": lambda: func.posterior_samples(mean, log_variance, noise),
+        "log p(x|z)": lambda: log_likelihood(x[:, None], z),
+        "decoder products (bias and ReLU fused)": lambda: products(z),
+    }, repeats)
+
+
+def sampler_nanoseconds(repeats, count=2_500_000):
+    """Nanoseconds per number of the seeded samplers (network.uniform, network.normal) and of XLA's others,
+    each compiled on its own, for `count` numbers (one evaluation chunk's noise)."""
+    seed = tf.constant([1, 2], tf.int64)
+    compiled = lambda draw: tf.function(draw, jit_compile=True)  # noqa: E731
+    samplers = {
+        "uniform, ThreeFry (network.uniform)": lambda: network.uniform([count], seed),
+        "uniform, Philox": compiled(lambda: tf.random.stateless_uniform([count], seed, alg="philox")),
+        "normal, inverse CDF at ThreeFry uniforms (network.normal)": compiled(lambda: network.normal([count], seed)),
+        "normal, XLA's own sampler (ThreeFry)": compiled(lambda: tf.random.stateless_normal([count], seed, alg="threefry")),
+    }
+    return {name: 1e6 * ms / count for name, ms in milliseconds(samplers, repeats).items()}
+
+
+def product_chain_gflops(rows, jit_compile, repeats, links=20):
+    """GFLOP/s of the five matrix products of a forward pass on `rows` images, chained `links` times, in XLA's
+    kernels or TensorFlow's (oneDNN): the products alone, as the training step and the evaluation see them."""
+    shapes = [(PIXELS, HIDDEN), (HIDDEN, LATENT), (HIDDEN, LATENT), (LATENT, HIDDEN), (HIDDEN, PIXELS)]
+    encoder, mean, log_variance, decoder, output = (
+        tf.random.stateless_normal(shape, [index, 0]) / shape[0] ** 0.5 for index, shape in enumerate(shapes))
+
+    def chain(x):
+        for _ in range(links):
+            hidden = x @ encoder
+            x = ((hidden @ mean + hidden @ log_variance) @ decoder) @ output
+        return x
+
+    x = tf.random.stateless_normal((rows, PIXELS), [9, 0])
+    chained = tf.function(chain, jit_compile=jit_compile)
+    ms = milliseconds({"chain": lambda: chained(x).numpy()}, repeats)["chain"]
+    return 2 * FORWARD_MACS * rows * links / (ms / 1000) / 1e9
+
+
+def breakdown(repeats):
+    """Where the time goes: an evaluation chunk's pieces, the samplers, and matrix products in XLA against
+    TensorFlow's kernels at the training and the evaluation shapes."""
+    return {
+        "evaluation_chunk_ms": evaluation_chunk_pieces(repeats),
+        "sampler_ns_per_number": sampler_nanoseconds(repeats),
+        "product_chain_gflops": {f"{rows} rows, {'XLA' if jit else 'TensorFlow'}": product_chain_gflops(rows, jit, repeats)
+                                 for rows in (100, func.DECODE_ROWS) for jit in (True, False)},
+    }
+
+
 def training_results(dataset, rounds, steps_per_call):
-    """(a row per structure and batch size, the ceilings measured between the rounds)."""
+    """(a row per structure and batch size, steps/s of `none` at batch 100 with a plain update instead of Adam,
+    the ceilings measured between the rounds)."""
     settings = [(structure, batch_size, steps_per_call if batch_size == 100 else max(5, steps_per_call // 10))
                 for structure in network.LAYER_STRUCTURES for batch_size in (100, 1000)]
     calls = {setting: trainer_call(*setting, dataset) for setting in settings}
-    seconds, ceilings = training_seconds({setting: train for setting, (train, _) in calls.items()}, rounds)
+    trains = {setting: train for setting, (train, _) in calls.items()}
+    trains[PLAIN_UPDATE], _ = trainer_call("none", 100, steps_per_call, dataset, plain_update=True)
+    seconds, ceilings = training_seconds(trains, rounds)
     rows = []
     for (structure, batch_size, steps), (_, validate) in calls.items():
         times = seconds[structure, batch_size, steps]
@@ -162,14 +253,15 @@ def training_results(dataset, rounds, steps_per_call):
             "spread": [steps / max(times), steps / min(times)], "gflop_per_step": TRAIN_FLOPS_PER_IMAGE * batch_size / 1e9,
             "validation_seconds": validation,
         })
-    return rows, ceilings
+    return rows, steps_per_call / statistics.median(seconds[PLAIN_UPDATE]), ceilings
 
 
 def measure(quick):
     results = {"machine": f"{platform.processor() or platform.machine()}, {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} intra-op threads",
                "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "quick": quick}
     dataset = random_dataset()
-    results["training"], ceilings = training_results(dataset, rounds=3 if quick else 7, steps_per_call=50 if quick else 200)
+    results["training"], plain_update, ceilings = training_results(
+        dataset, rounds=3 if quick else 7, steps_per_call=50 if quick else 200)
     samples = 5000
     repeats = 3
     rate, spread, one_off = evaluation_rate(5, 25 if quick else 205, samples, repeats)
@@ -183,6 +275,12 @@ def measure(quick):
         row["gflops"] = row["steps_per_second"] * row["gflop_per_step"]
         row["fraction_of_ceiling"] = row["gflops"] / ceiling
     results["evaluation"]["fraction_of_ceiling"] = results["evaluation"]["gflops"] / ceiling
+    adam = next(row for row in results["training"] if (row["structure"], row["batch_size"]) == ("none", 100))
+    results["breakdown"] = {
+        "plain_update": {"steps_per_second": plain_update, "fraction_of_ceiling": plain_update * adam["gflop_per_step"] / ceiling,
+                         "adam_ms_per_step": 1000 / adam["steps_per_second"] - 1000 / plain_update},
+        **breakdown(repeats=5 if quick else 9),
+    }
     results["compare_learning_minutes_extrapolated"] = compare_learning_minutes(
         *((100, 300) if quick else (200, 1000)), dataset)
     results["peak_resident_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -211,6 +309,21 @@ def print_table(results):
     print(f"compare_learning.py default run (6 x 5,000 steps, validation every 10), extrapolated from short and "
           f"long training runs: {results['compare_learning_minutes_extrapolated']:.1f} min")
     print(f"peak resident memory: {results['peak_resident_mib']:.0f} MiB")
+    print_breakdown(results["breakdown"], results["ceiling_gflops"])
+
+
+def print_breakdown(pieces, ceiling):
+    plain = pieces["plain_update"]
+    print()
+    print("Where the time goes (medians):")
+    print(f"- none, batch 100, a plain gradient step instead of Adam: {plain['steps_per_second']:.1f} steps/s, "
+          f"{plain['fraction_of_ceiling']:.0%} of ceiling; Adam's update costs {plain['adam_ms_per_step']:.2f} ms a step")
+    chunk = pieces["evaluation_chunk_ms"]
+    print("- one evaluation chunk (5 images x 5,000 samples, ReLU decoder), ms: "
+          + ", ".join(f"{name} {ms:.1f}" for name, ms in chunk.items()))
+    print("- samplers, ns per number: " + ", ".join(f"{name} {ns:.2f}" for name, ns in pieces["sampler_ns_per_number"].items()))
+    print("- the five products of a forward pass, chained: " + ", ".join(
+        f"{name} {gflops:.0f} GFLOP/s ({gflops / ceiling:.0%})" for name, gflops in pieces["product_chain_gflops"].items()))
 
 
 def main(argv=None):

@@ -533,9 +533,11 @@ def _run(config, model_dir, checkpoint, dataset, progress, label):
         utils.remove_stale_temporaries(model_dir / name)
     dataset = dataset or load_data(config)
     trainer = Trainer(config, training_images(config, dataset.train), evaluation_images(config, dataset.validation))
-    history, elapsed = ([], 0.0) if checkpoint is None else _restore_training_state(trainer, model_dir, checkpoint)
+    history, elapsed = [], 0.0
+    if checkpoint is not None:
+        history, elapsed = _restore_training_state(trainer, model_dir, checkpoint)
+        drop_events_after(model_dir / TENSORBOARD_DIR, trainer.step())
     step = trainer.step()
-    drop_events_after(model_dir / TENSORBOARD_DIR, step)
     summary_writer = tf.summary.create_file_writer(str(model_dir / TENSORBOARD_DIR))
     display = _Progress(config.steps, step, label, metrics=("training loss", "validation loss")) if progress else None
     last_checkpoint = step
@@ -744,7 +746,7 @@ def pad(array, size):
 
 
 @tf.function(jit_compile=True)
-def _posterior_samples(mean, log_variance, noise):
+def posterior_samples(mean, log_variance, noise):
     """z = mean + exp(log_variance / 2) * noise, [n, samples, latent], and log p(z) - log q(z|x), [n, samples]."""
     z = mean[:, None] + tf.exp(0.5 * log_variance)[:, None] * noise
     log_p_z = -0.5 * tf.reduce_sum(tf.square(z) + _LOG_2PI, axis=-1)
@@ -759,7 +761,7 @@ def log_weights(log_likelihood, images, mean, log_variance, noise):
     latent].  `log_likelihood(x, z)` gets x as [n, 1, D] and z as [n, samples,
     latent].  Returns (log w, log p(x|z)), each [n, samples].
     """
-    z, log_prior_ratio = _posterior_samples(mean, log_variance, noise)
+    z, log_prior_ratio = posterior_samples(mean, log_variance, noise)
     log_p_x_given_z = log_likelihood(images[:, None], z)
     return log_p_x_given_z + log_prior_ratio, log_p_x_given_z
 
@@ -796,7 +798,7 @@ def decoder_log_likelihood(model, loss):
 
 
 @tf.function(jit_compile=True)
-def _chunk_noise(seed, indices, importance_samples, latent_dim, chunk_samples, first_sample):
+def chunk_noise(seed, indices, importance_samples, latent_dim, chunk_samples, first_sample):
     """Samples first_sample, ..., first_sample + chunk_samples - 1 of :func:`importance_noise` (zero past the K-th).
 
     XLA computes only the draws that the slice keeps (measured: a 1,000-sample
@@ -808,10 +810,10 @@ def _chunk_noise(seed, indices, importance_samples, latent_dim, chunk_samples, f
     return tf.slice(padded, tf.stack([0, first_sample, 0]), [-1, chunk_samples, -1])
 
 
-def _chunk_weights(log_likelihood, importance_samples, chunk_samples, seed, images, mean, log_variance, indices,
+def chunk_weights(log_likelihood, importance_samples, chunk_samples, seed, images, mean, log_variance, indices,
                    first_sample):
     """:func:`log_weights` of one chunk of samples; each image's K draws are made in the call, the chunk sliced."""
-    noise = _chunk_noise(seed, indices, importance_samples, mean.shape[-1], chunk_samples, first_sample)
+    noise = chunk_noise(seed, indices, importance_samples, mean.shape[-1], chunk_samples, first_sample)
     return log_weights(log_likelihood, images, mean, log_variance, noise)
 
 
@@ -853,7 +855,7 @@ def importance_weighted_bounds(encode, log_likelihood, images, importance_sample
         raise ValueError("no images to evaluate")
     chunk_images, chunk_samples = chunk_shape(count, importance_samples, chunk_size)
     encode_chunk = tf.function(encode)
-    weigh = tf.function(functools.partial(_chunk_weights, log_likelihood, importance_samples, chunk_samples, seed))
+    weigh = tf.function(functools.partial(chunk_weights, log_likelihood, importance_samples, chunk_samples, seed))
     log_sum, log_likelihood_sum, kl = np.zeros(count), np.zeros(count), np.zeros(count)
     display = _Progress(count, unit="image", metrics=("-log p(x)",)) if progress else None
     for start in range(0, count, chunk_images):

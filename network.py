@@ -72,9 +72,9 @@ def split_seed(seed, count):
 
 @tf.function(jit_compile=True)
 def _threefry_uniform(shape, seed, dtype):
-    """Seeded U[0, 1) draws, always compiled: XLA's ThreeFry costs about 1.3 ns a number on a CPU, its Philox
-    about 6.5 ns, and TensorFlow's own kernels have no ThreeFry.  Compiling it on its own (inlined into callers
-    that are compiled already) gives one seed the same numbers in eager, graph and XLA code."""
+    """Seeded U[0, 1) draws from XLA's ThreeFry (TensorFlow's own kernels have none), always compiled: compiling
+    it on its own (inlined into callers that are compiled already) gives one seed the same numbers in eager,
+    graph and XLA code.  bench.py times it against XLA's Philox."""
     return tf.random.stateless_uniform(shape, tf.cast(seed, tf.int64), dtype=dtype, alg="threefry")
 
 
@@ -89,7 +89,7 @@ def normal(shape, seed, dtype=tf.float32):
     """N(0, 1) draws, seeded like :func:`uniform`.
 
     Seeded draws invert the normal CDF at uniform numbers moved half a step off
-    0 (so no draw is infinite): four times faster under XLA than its own normal sampler.
+    0 (so no draw is infinite): about twice as fast under XLA as its own normal sampler (see bench.py).
     """
     if seed is None:
         return keras.random.normal(shape, dtype=dtype)

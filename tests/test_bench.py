@@ -36,3 +36,17 @@ def test_quick_benchmark_writes_its_table_as_json(tmp_path):
     assert evaluation["fraction_of_ceiling"] == evaluation["gflops"] / ceiling
     assert results["compare_learning_minutes_extrapolated"] > 0
     assert results["peak_resident_mib"] > 0
+
+    breakdown = results["breakdown"]
+    plain, adam = breakdown["plain_update"], rows["none", 100]
+    assert plain["fraction_of_ceiling"] == plain["steps_per_second"] * adam["gflop_per_step"] / ceiling
+    assert plain["adam_ms_per_step"] == 1000 / adam["steps_per_second"] - 1000 / plain["steps_per_second"]
+    pieces = breakdown["evaluation_chunk_ms"]
+    assert set(pieces) == {"chunk", "noise", "z and log p(z) - log q(z|x)", "log p(x|z)",
+                           "decoder products (bias and ReLU fused)"}
+    assert all(ms > 0 for ms in pieces.values())
+    assert pieces["noise"] < pieces["chunk"]  # 2.5 million normal draws against 22 GFLOP of products: ~10x apart
+    assert len(breakdown["sampler_ns_per_number"]) == 4 and all(ns > 0 for ns in breakdown["sampler_ns_per_number"].values())
+    assert set(breakdown["product_chain_gflops"]) == {f"{rows} rows, {kernels}" for rows in (100, 2500)
+                                                      for kernels in ("XLA", "TensorFlow")}
+    assert f"Adam's update costs {plain['adam_ms_per_step']:.2f} ms a step" in finished.stdout
