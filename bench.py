@@ -176,15 +176,15 @@ def evaluation_chunk_pieces(repeats, images_count=5, importance_samples=5000):
     x = tf.constant(random_dataset(train_examples=1, validation_examples=images_count).validation.images)
     mean, log_variance = model.encode(x)
     indices = tf.range(images_count, dtype=tf.int64)
-    noise = func.chunk_noise(1, indices, importance_samples, LATENT, importance_samples, 0)
+    draw_noise = lambda: func.chunk_noise(1, indices, importance_samples, LATENT, importance_samples, 0)  # noqa: E731
+    noise = draw_noise()
     z, _ = func.posterior_samples(mean, log_variance, noise)
-    parts = max(1, images_count * importance_samples // func.DECODE_ROWS)
-    products = tf.function(lambda z: [model.decode_logits(part) for part in tf.split(tf.reshape(z, [-1, LATENT]), parts)])
+    products = tf.function(lambda z: [model.decode_logits(tf.reshape(part, [-1, LATENT])) for part in func.decode_parts(z)])
     weigh = tf.function(functools.partial(func.chunk_weights, log_likelihood, importance_samples, importance_samples, 1))
     log_likelihood = tf.function(log_likelihood)  # a graph, as inside `weigh`
     return milliseconds({
         "chunk": lambda: weigh(x, mean, log_variance, indices, tf.constant(0)),
-        "noise": lambda: func.chunk_noise(1, indices, importance_samples, LATENT, importance_samples, 0),
+        "noise": draw_noise,
         "z and log p(z) - log q(z|x)": lambda: func.posterior_samples(mean, log_variance, noise),
         "log p(x|z)": lambda: log_likelihood(x[:, None], z),
         "decoder products (bias and ReLU fused)": lambda: products(z),
@@ -220,8 +220,8 @@ def product_chain_gflops(rows, jit_compile, repeats, links=20):
 
     x = tf.random.stateless_normal((rows, PIXELS), [9, 0])
     chained = tf.function(chain, jit_compile=jit_compile)
-    ms = milliseconds({"chain": lambda: chained(x).numpy()}, repeats)["chain"]
-    return 2 * FORWARD_MACS * rows * links / (ms / 1000) / 1e9
+    seconds, _, _ = timed(lambda: chained(x).numpy(), repeats)
+    return 2 * FORWARD_MACS * rows * links / seconds / 1e9
 
 
 def breakdown(repeats):

@@ -789,12 +789,16 @@ def decoder_log_likelihood(model, loss):
         return per_pixel(x, tf.reshape(logits, tf.concat([tf.shape(z)[:-1], [-1]], 0)))
 
     def log_likelihood(x, z):
-        images, samples = z.shape[:2]
-        parts = min(samples, max(1, images * samples // DECODE_ROWS))
-        sizes = [len(part) for part in np.array_split(np.arange(samples), parts)]
-        return tf.concat([decode_part(x, part) for part in tf.split(z, sizes, axis=1)], axis=1)
+        return tf.concat([decode_part(x, part) for part in decode_parts(z)], axis=1)
 
     return log_likelihood
+
+
+def decode_parts(z):
+    """z, [images, samples, latent], cut along the samples into parts of about DECODE_ROWS image-samples."""
+    images, samples = z.shape[:2]
+    parts = min(samples, max(1, images * samples // DECODE_ROWS))
+    return tf.split(z, [len(part) for part in np.array_split(np.arange(samples), parts)], axis=1)
 
 
 @tf.function(jit_compile=True)
