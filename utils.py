@@ -200,21 +200,31 @@ def binarize(images, seed):
 # Loss: everything in nats per image
 
 
-def reconstruction_loss(x, logits, loss="mse"):
+def pixel_losses(x, logits, loss="mse"):
+    """-log p(x_d|z) of each pixel, less :func:`reconstruction_loss`'s constant: the squared error between x and
+    sigmoid(logits) (``mse``) or the binary cross-entropy (``bce``)."""
+    import tensorflow as tf
+
+    if loss == "mse":
+        return tf.square(x - tf.sigmoid(logits))
+    if loss == "bce":
+        return tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits)
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+
+
+def reconstruction_loss(x, logits, loss="mse", sum_pixels=None):
     """-log p(x|z) per image, summed over pixels, constant included.
 
     ``mse``: Gaussian decoder with mean sigmoid(logits) and variance 1/2, i.e.
     the squared error plus (D/2) log(pi); the original's objective.
     ``bce``: Bernoulli decoder, the binary cross-entropy summed over pixels.
+    `sum_pixels` sums over the last axis (default: tf.reduce_sum).
     """
     import tensorflow as tf
 
-    if loss == "mse":
-        squared_error = tf.reduce_sum(tf.square(x - tf.sigmoid(logits)), axis=-1)
-        return squared_error + 0.5 * x.shape[-1] * math.log(math.pi)
-    if loss == "bce":
-        return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=-1)
-    raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+    losses = pixel_losses(x, logits, loss)
+    total = sum_pixels(losses) if sum_pixels else tf.reduce_sum(losses, axis=-1)
+    return total + 0.5 * x.shape[-1] * math.log(math.pi) if loss == "mse" else total
 
 
 def kl_divergence(mean, log_variance):

@@ -152,6 +152,17 @@ def test_the_numbers_do_not_depend_on_the_chunking():
     assert not np.allclose(other_seed[0], one_call[0], rtol=1e-6)
 
 
+def test_posterior_samples_give_z_and_the_log_density_ratio():
+    rng = np.random.default_rng(12)
+    mean, log_variance, noise = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), rng.normal(size=(3, 5, 4))
+    z, log_prior_ratio = func.posterior_samples(*(tf.constant(array, tf.float32) for array in (mean, log_variance, noise)))
+    expected_z = mean[:, None] + np.exp(0.5 * log_variance)[:, None] * noise
+    log_p_z = -0.5 * np.sum(expected_z**2 + math.log(2 * math.pi), axis=-1)
+    log_q_z = -0.5 * np.sum(noise**2 + log_variance[:, None] + math.log(2 * math.pi), axis=-1)
+    np.testing.assert_allclose(z.numpy(), expected_z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_prior_ratio.numpy(), log_p_z - log_q_z, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("loss", utils.LOSSES)
 @pytest.mark.parametrize("layer_structure", network.LAYER_STRUCTURES)
 def test_the_decoder_likelihood_in_parts_equals_one_pass(layer_structure, loss, monkeypatch):
