@@ -817,9 +817,9 @@ def decode_parts(z):
 def chunk_noise(seed, indices, importance_samples, latent_dim, chunk_samples, first_sample):
     """Samples first_sample, ..., first_sample + chunk_samples - 1 of :func:`importance_noise` (zero past the K-th).
 
-    Each call draws all K samples of its images and keeps the slice, so when K
-    exceeds the chunk size (one sample chunk at the defaults) most of the
-    drawing is repeated for every sample chunk.
+    XLA fuses the slice into the draws, so when K exceeds the chunk size (one
+    image per call then; one sample chunk at the defaults) a call computes
+    about its own samples' draws, not all K.
     """
     noise = importance_noise(seed, indices, importance_samples, latent_dim)
     padded = tf.pad(noise, [[0, 0], [0, -importance_samples % chunk_samples], [0, 0]])
