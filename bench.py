@@ -34,13 +34,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-import script  # noqa: F401  (imports TensorFlow quietly)
 import func
 import network
 import utils
-
-import tensorflow as tf
+from config import TrainConfig
 
 PIXELS, HIDDEN, LATENT = 784, 500, 100
 # Multiply-adds of one image's forward pass: encoder, both heads, decoder hidden, decoder output.
@@ -85,7 +84,7 @@ def trainer_call(structure, batch_size, steps, dataset, plain_update=False):
     `plain_update` swaps Adam for a plain gradient step (before anything is
     traced), which shows what Adam's update costs.
     """
-    config = func.TrainConfig(layer_structure=structure, batch_size=batch_size)
+    config = TrainConfig(layer_structure=structure, batch_size=batch_size)
     trainer = func.Trainer(config, dataset.train.images, dataset.validation.images)
     if plain_update:
         trainer.optimizer = keras.optimizers.SGD(config.learning_rate)
@@ -118,7 +117,7 @@ def training_run_seconds(structure, steps, dataset):
     """Wall time of func.train, as compare_learning.py calls it: batch 100, validation every 10 steps."""
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        func.train(func.TrainConfig(layer_structure=structure, steps=steps), Path(folder) / "model",
+        func.train(TrainConfig(layer_structure=structure, steps=steps), Path(folder) / "model",
                    dataset=dataset, progress=False)
         return time.perf_counter() - start
 

@@ -22,6 +22,7 @@ from matplotlib.ticker import FuncFormatter
 import experiment
 import func
 import utils
+from config import TrainConfig
 from utils import DataError
 
 CSV_COLUMNS = ("learning_rate", "layer_structure") + func.METRICS_COLUMNS
@@ -51,7 +52,7 @@ def build_parser():
     flag("--steps", type=experiment.positive_int, default=DEFAULT_STEPS, help="training steps of every run (default: %(default)s)")
     flag("--learning-rates", type=learning_rates, default=list(DEFAULT_LEARNING_RATES),
          help="comma-separated Adam learning rates, one panel each (default: 0.001,0.0001)")
-    experiment.add_data_flags(parser, func.TrainConfig(), tell_given=False)
+    experiment.add_data_flags(parser, TrainConfig(), tell_given=False)
     experiment.add_data_dir_flag(parser)
     flag("--output-prefix", default="compare_learning",
          help="writes <prefix>.png, <prefix>.pdf and <prefix>.csv (default: %(default)s)")
@@ -85,8 +86,8 @@ def train_all(args, csv_path):
 
     Returns {(learning rate, layer structure): metrics history}.
     """
-    base = func.TrainConfig(batch_size=BATCH_SIZE, steps=args.steps, seed=args.seed, train_examples=args.train_examples,
-                            validation_examples=args.validation_examples, data_dir=args.data_dir)
+    base = TrainConfig(batch_size=BATCH_SIZE, steps=args.steps, seed=args.seed, train_examples=args.train_examples,
+                       validation_examples=args.validation_examples, data_dir=args.data_dir)
     runs = [(rate, name, dataclasses.replace(base, layer_structure=settings.layer_structure, learning_rate=rate))
             for rate in args.learning_rates for name, settings in func.EXPERIMENTS.items()]
     for _, _, config in runs:

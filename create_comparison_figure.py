@@ -19,6 +19,7 @@ from PIL import Image
 import experiment
 import func
 import utils
+from config import TrainConfig
 from utils import DataError, UsageError
 
 ROW_LABELS = ("original",) + tuple(settings.label for settings in func.EXPERIMENTS.values())
@@ -46,7 +47,7 @@ def create(args):
     utils.check_writable(args.output)
     if args.labelled and Path(args.output).suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
         raise UsageError(f"--output {args.output}: with --labelled its suffix names the format, e.g. .png, .pdf or .svg")
-    dataset = func.load_data(func.TrainConfig(), args.data_dir)
+    dataset = func.load_data(TrainConfig(), args.data_dir)
     rows = [dataset.validation.images[: func.RECONSTRUCTED_DIGITS]]
     for name in func.EXPERIMENTS:
         ensure_results(name, args.models_dir, dataset, args.data_dir)

@@ -7,10 +7,12 @@ WTA_VAE_DEBUG=1, shows the full traceback instead.
 
 import os
 
+from config import TrainConfig
 from script import (DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, add_data_flags, given_config_values, positive_float,
-                    positive_int, report_errors)
+                    positive_int, quiet_stderr, report_errors)
 
-import func  # already imported, with TensorFlow's start-up banner hidden, by script
+with quiet_stderr():
+    import func  # TensorFlow and Keras; the scripts' flags show func.EXPERIMENTS
 
 TRAIN_SCRIPTS = {"default": "train_default.py", "lwta": "train_LWTA.py", "p-lwta": "train_pLWTA.py"}
 
@@ -36,7 +38,7 @@ def train_parser(name):
     flag("--steps", type=positive_int, help=f"training steps, i.e. mini-batches (default: {settings.steps})")
     flag("--learning-rate", type=positive_float, help=f"Adam learning rate (default: {settings.learning_rate:g})")
     flag("--batch-size", type=positive_int, help=f"images per training step (default: {settings.batch_size})")
-    add_data_flags(parser, func.TrainConfig())
+    add_data_flags(parser, TrainConfig())
     add_data_dir_flag(parser)
     flag("--output-dir", default="saved_models", help=f"the model goes to <output-dir>/{name} (default: %(default)s)")
     mode = parser.add_mutually_exclusive_group()

@@ -17,6 +17,9 @@ import os
 import sys
 import tempfile
 
+from config import DEFAULT_CHUNK_SIZE, DEFAULT_IMPORTANCE_SAMPLES, MANIFOLD_SIDE, MAX_CHUNK_IMAGES, TrainConfig
+from utils import DataError, UsageError
+
 DEBUG_VARIABLE = "WTA_VAE_DEBUG"
 
 
@@ -79,9 +82,14 @@ def quiet_stderr():
             os.close(saved)
 
 
-with quiet_stderr():
-    import func  # TensorFlow and Keras
-from utils import DataError, UsageError
+def import_func():
+    """Import func.py, and with it TensorFlow, as this module's `func`, hiding TensorFlow's start-up banner.
+
+    Called once the flags have parsed, so that --help and usage errors are instant.
+    """
+    global func
+    with quiet_stderr():
+        import func
 
 
 # ---------------------------------------------------------------------------
@@ -162,7 +170,7 @@ def add_limit_flag(parser, what):
 
 
 def build_parser():
-    defaults = func.TrainConfig()
+    defaults = TrainConfig()
     parser = ArgumentParser(prog="script.py", description="Winner-take-all VAE")
     parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (or set {DEBUG_VARIABLE}=1)")
     commands = parser.add_subparsers(dest="mode", required=True, metavar="{train,reconstruct,evaluate,sample,latent}",
@@ -200,10 +208,10 @@ def build_parser():
     add_trained_model_flag(evaluate)
     evaluate.add_argument("--split", choices=("test", "validation"), default="test",
                           help="images to evaluate (default: test)")
-    evaluate.add_argument("--importance-samples", type=positive_int, default=func.DEFAULT_IMPORTANCE_SAMPLES,
+    evaluate.add_argument("--importance-samples", type=positive_int, default=DEFAULT_IMPORTANCE_SAMPLES,
                           help="K, samples per image (default: %(default)s, as in Burda et al. 2015)")
-    evaluate.add_argument("--chunk-size", type=positive_int, default=func.DEFAULT_CHUNK_SIZE,
-                          help=f"images x samples decoded per compiled call, at most {func.MAX_CHUNK_IMAGES} images; memory "
+    evaluate.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE,
+                          help=f"images x samples decoded per compiled call, at most {MAX_CHUNK_IMAGES} images; memory "
                                "grows with it, by about 2.5 KiB each for the 784-500-100 network (default: %(default)s)")
     evaluate.add_argument("--seed", type=non_negative_int, default=1,
                           help="seed of the importance samples (default: 1)")
@@ -222,8 +230,8 @@ def build_parser():
         commands, "latent", run_latent, help="plot the latent space",
         description="Scatter the test images' posterior means (inference mode) coloured by label, over the first "
                     "two principal components when the latent space has more than 2 dimensions.  A model trained "
-                    f"with --latent-dim 2 also gets its decoded manifold, a {func.MANIFOLD_SIDE} x "
-                    f"{func.MANIFOLD_SIDE} grid of digits over the latent plane at evenly spaced prior quantiles, "
+                    f"with --latent-dim 2 also gets its decoded manifold, a {MANIFOLD_SIDE} x "
+                    f"{MANIFOLD_SIDE} grid of digits over the latent plane at evenly spaced prior quantiles, "
                     "written next to the plot as <stem>_manifold.png.")
     add_trained_model_flag(latent)
     add_output_flag(latent)
@@ -238,7 +246,7 @@ def build_parser():
 
 def given_config_values(args):
     """The training-configuration flags the user actually gave."""
-    names = {field.name for field in dataclasses.fields(func.TrainConfig)}
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
     return {name: value for name, value in vars(args).items() if name in names and value is not None}
 
 
@@ -248,7 +256,7 @@ def run_train(args):
     if args.resume:
         history = func.resume(model_path, given)
     else:
-        history = func.train(func.TrainConfig(**given), model_path, overwrite=args.overwrite)
+        history = func.train(TrainConfig(**given), model_path, overwrite=args.overwrite)
     step, training_loss, validation_loss, elapsed = history[-1]
     print(f"saved {model_path} at step {step}: training loss {training_loss:.3f}, validation loss "
           f"{validation_loss:.3f} nats per image, {elapsed:.1f} s of training")
@@ -296,8 +304,10 @@ def report_errors(prog, action, debug=False):
 
     Usage errors give 2, missing or broken files and diverged runs 1, a signal
     128 + its number.  With `debug` or WTA_VAE_DEBUG=1 the exception propagates.
+    Imports func.py first, for action() and for its exceptions.
     """
     debug = debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    import_func()
     try:
         action()
     except UsageError as error:

@@ -6,7 +6,6 @@ MNIST is read from $MNIST_DATA_DIR (set by .ci/run) or Keras's cache/download.
 import gzip
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from PIL import Image
 import func
 import network
 import utils
+from config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent
 
@@ -33,7 +33,7 @@ def tiny_config(**overrides):
     values = dict(steps=20, train_examples=300, validation_examples=50, hidden_units=40, latent_dim=10,
                   validation_interval=10)
     values.update(overrides)
-    return func.TrainConfig(**values)
+    return TrainConfig(**values)
 
 
 # ---------------------------------------------------------------------------

@@ -16,10 +16,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import script  # noqa: F401  (imports TensorFlow quietly)
 import func
 import network
+import script
 import utils
+from config import DEFAULT_CHUNK_SIZE, MANIFOLD_SIDE, MAX_CHUNK_IMAGES, TrainConfig
 
 TINY = ["--steps", "10", "--train-examples", "200", "--validation-examples", "50", "--hidden-units", "20",
         "--latent-dim", "2"]
@@ -105,7 +106,7 @@ class LinearGaussian:
             2 * math.pi * self.variance)
 
 
-def bounds(model, x, importance_samples, seed, chunk_size=func.DEFAULT_CHUNK_SIZE):
+def bounds(model, x, importance_samples, seed, chunk_size=DEFAULT_CHUNK_SIZE):
     return func.importance_weighted_bounds(model.encode, model.log_likelihood, x, importance_samples, chunk_size, seed)
 
 
@@ -143,7 +144,7 @@ def test_the_numbers_do_not_depend_on_the_chunking():
     # last image chunk padded).
     assert func.chunk_shape(7, 10, 3) == (1, 3) and func.chunk_shape(7, 10, 25) == (2, 10)
     assert func.chunk_shape(7, 10, 1000) == (7, 10)  # never more images per call than there are
-    assert func.chunk_shape(1000, 1, 25000) == (func.MAX_CHUNK_IMAGES, 1)  # each image's draw is in the graph
+    assert func.chunk_shape(1000, 1, 25000) == (MAX_CHUNK_IMAGES, 1)  # each image's draw is in the graph
     for chunk_size in (3, 25):
         chunked = func.importance_weighted_bounds(model.encode, log_likelihood, images, 10, chunk_size, seed=8)
         for expected, actual in zip(one_call, chunked):
@@ -206,17 +207,17 @@ def test_binarize_is_a_seeded_bernoulli_draw():
 
 def test_static_binarization_is_one_fixed_draw():
     split = utils.Split(grey_images(), np.zeros(300, np.int64))
-    config = func.TrainConfig(binarize="static")
+    config = TrainConfig(binarize="static")
     first = func.training_images(config, split)
     assert_bernoulli(first, split.images)
     np.testing.assert_array_equal(func.training_images(config, split), first)
     np.testing.assert_array_equal(func.evaluation_images(config, split), func.evaluation_images(config, split))
-    assert func.training_images(func.TrainConfig(binarize="none"), split) is split.images
+    assert func.training_images(TrainConfig(binarize="none"), split) is split.images
 
 
 def test_dynamic_binarization_draws_anew_every_step(monkeypatch):
     grey = grey_images(100)
-    config = func.TrainConfig(binarize="dynamic", hidden_units=20, latent_dim=2, train_examples=100)
+    config = TrainConfig(binarize="dynamic", hidden_units=20, latent_dim=2, train_examples=100)
     trainer = func.Trainer(config, func.training_images(config, utils.Split(grey, np.zeros(100))), grey[:10])
     seen = []
     forward = trainer.model.forward
@@ -337,7 +338,7 @@ def test_latent_writes_the_scatter_and_the_manifold(model_dir, tmp_path):
         assert image.mode == "L" and image.size == (20 * 28, 20 * 28)
         manifold = np.asarray(image)
     model, _ = func.load_model(model_dir)
-    corner = statistics.NormalDist().inv_cdf(0.5 / func.MANIFOLD_SIDE)  # top left: smallest z1, largest z2
+    corner = statistics.NormalDist().inv_cdf(0.5 / MANIFOLD_SIDE)  # top left: smallest z1, largest z2
     top_left = model.decode(np.array([[corner, -corner]], np.float32)).numpy().reshape(28, 28)
     np.testing.assert_array_equal(manifold[:28, :28], utils.to_uint8(top_left))
 

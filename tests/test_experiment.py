@@ -21,6 +21,7 @@ import create_comparison_figure
 import experiment
 import func
 import utils
+from config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--steps", "20", "--train-examples", "500", "--validation-examples", "100", "--batch-size", "100"]
@@ -61,7 +62,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def validation_images():
-    return func.load_data(func.TrainConfig(validation_examples=100)).validation.images
+    return func.load_data(TrainConfig(validation_examples=100)).validation.images
 
 
 # ---------------------------------------------------------------------------

@@ -4,7 +4,6 @@ Every case runs script.py in a subprocess, as a user would, and checks the exit
 status, the message, the absence of a traceback and the files before and after.
 """
 
-import gzip
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ import tensorflow as tf
 
 import func
 import utils
+from config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--train-examples", "300", "--validation-examples", "50", "--hidden-units", "40", "--latent-dim", "10"]
@@ -54,8 +54,8 @@ def assert_clean_failure(result, status, message):
 def model_dir(tmp_path_factory):
     """A small trained model, shared read-only by the tests (each test copies it before damaging it)."""
     folder = tmp_path_factory.mktemp("model") / "lwta"
-    func.train(func.TrainConfig(layer_structure="lwta", steps=20, train_examples=300, validation_examples=50,
-                                hidden_units=40, latent_dim=10), folder, progress=False)
+    func.train(TrainConfig(layer_structure="lwta", steps=20, train_examples=300, validation_examples=50,
+                           hidden_units=40, latent_dim=10), folder, progress=False)
     return folder
 
 
@@ -154,6 +154,27 @@ def test_bad_training_flags(tmp_path, flags, message):
     result = run_cli("train", "--model-path", tmp_path / "model", *SMALL, *flags)
     assert_clean_failure(result, 2, message)
     assert not (tmp_path / "model").exists()
+
+
+def test_help_and_flag_errors_come_before_tensorflow_is_imported():
+    """Parsing imports no TensorFlow, so --help and a bad value answer at once; a command then imports it."""
+    probe = (
+        "import sys, script\n"
+        "for argv in (['--help'], ['train', '--help'], ['evaluate', '--help'], ['train', '--steps', '0']):\n"
+        "    try:\n"
+        "        script.main(argv)\n"
+        "    except SystemExit as exit:\n"
+        "        print('exit', exit.code, 'tensorflow' in sys.modules)\n"
+        "script.main(['sample', '--model-path', 'nowhere', '--output-path', 'x.png'])\n"
+        "print('command', 'tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                            env={**os.environ, "COLUMNS": "1000"})  # help lines unwrapped
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith(("exit", "command"))] == [
+        "exit 0 False", "exit 0 False", "exit 0 False", "exit 2 False", "command True"]
+    assert "(default: 5000, as in Burda et al. 2015)" in result.stdout  # evaluate's defaults, from config.py
 
 
 # ---------------------------------------------------------------------------
@@ -314,8 +335,8 @@ def test_every_checkpoint_finds_the_curves_of_its_steps_on_disk(tmp_path, monkey
 
     original = func.save_checkpoint
     monkeypatch.setattr(func, "save_checkpoint", save_checkpoint)
-    func.train(func.TrainConfig(steps=50, checkpoint_interval=20, train_examples=300, validation_examples=50,
-                                hidden_units=40, latent_dim=10), tmp_path / "model", progress=False)
+    func.train(TrainConfig(steps=50, checkpoint_interval=20, train_examples=300, validation_examples=50,
+                           hidden_units=40, latent_dim=10), tmp_path / "model", progress=False)
     assert on_disk == [(step, list(range(10, step + 1, 10))) for step in (20, 40, 50)]
 
 
