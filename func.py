@@ -546,7 +546,6 @@ def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_
 # Pictures of the generative model
 
 
-
 def first_rows(array, limit):
     """The first `limit` rows of `array` (all of them when `limit` is None)."""
     if limit is not None and limit < 1:
