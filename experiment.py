@@ -8,11 +8,10 @@ WTA_VAE_DEBUG=1, shows the full traceback instead.
 import os
 
 from config import TrainConfig
-from script import (DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, add_data_flags, given_config_values, positive_float,
-                    positive_int, quiet_stderr, report_errors)
+from script import (DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, add_data_flags, given_config_values, import_func,
+                    positive_float, positive_int, report_errors)
 
-with quiet_stderr():
-    import func  # TensorFlow and Keras; the scripts' flags show func.EXPERIMENTS
+func = import_func()  # before parsing: the scripts' flags show func.EXPERIMENTS
 
 TRAIN_SCRIPTS = {"default": "train_default.py", "lwta": "train_LWTA.py", "p-lwta": "train_pLWTA.py"}
 

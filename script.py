@@ -83,13 +83,14 @@ def quiet_stderr():
 
 
 def import_func():
-    """Import func.py, and with it TensorFlow, as this module's `func`, hiding TensorFlow's start-up banner.
+    """Import func.py, and with it TensorFlow, as this module's `func`, hiding TensorFlow's start-up banner; returns it.
 
     Called once the flags have parsed, so that --help and usage errors are instant.
     """
     global func
     with quiet_stderr():
         import func
+    return func
 
 
 # ---------------------------------------------------------------------------
