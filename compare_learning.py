@@ -20,13 +20,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 import experiment
-import func
 import utils
-from config import TrainConfig
+from config import EXPERIMENTS, METRICS_COLUMNS, TrainConfig
 from utils import DataError
 
-CSV_COLUMNS = ("learning_rate", "layer_structure") + func.METRICS_COLUMNS
-LABELS = {settings.layer_structure: settings.label for settings in func.EXPERIMENTS.values()}
+CSV_COLUMNS = ("learning_rate", "layer_structure") + METRICS_COLUMNS
+LABELS = {settings.layer_structure: settings.label for settings in EXPERIMENTS.values()}
 DEFAULT_LEARNING_RATES = (1e-3, 1e-4)
 DEFAULT_STEPS = 5000
 BATCH_SIZE = 100
@@ -86,10 +85,11 @@ def train_all(args, csv_path):
 
     Returns {(learning rate, layer structure): metrics history}.
     """
+    func = experiment.import_func()
     base = TrainConfig(batch_size=BATCH_SIZE, steps=args.steps, seed=args.seed, train_examples=args.train_examples,
                        validation_examples=args.validation_examples, data_dir=args.data_dir)
     runs = [(rate, name, dataclasses.replace(base, layer_structure=settings.layer_structure, learning_rate=rate))
-            for rate in args.learning_rates for name, settings in func.EXPERIMENTS.items()]
+            for rate in args.learning_rates for name, settings in EXPERIMENTS.items()]
     for _, _, config in runs:
         config.validate()  # before any run, not after an hour of training
     dataset = func.load_data(base)
@@ -125,7 +125,7 @@ def read_csv(path):
             curves = {}
             for row in reader:
                 key = (float(row["learning_rate"]), row["layer_structure"])
-                curves.setdefault(key, []).append(tuple(float(row[column]) for column in func.METRICS_COLUMNS))
+                curves.setdefault(key, []).append(tuple(float(row[column]) for column in METRICS_COLUMNS))
     except OSError as error:
         raise DataError(f"cannot read {path} ({error.strerror or error}); run without --from-csv to create it") from None
     except (ValueError, TypeError) as error:

@@ -17,12 +17,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import experiment
-import func
 import utils
-from config import TrainConfig
+from config import EXPERIMENTS, RECONSTRUCTED_DIGITS, TrainConfig, result_paths
 from utils import DataError, UsageError
 
-ROW_LABELS = ("original",) + tuple(settings.label for settings in func.EXPERIMENTS.values())
+ROW_LABELS = ("original",) + tuple(settings.label for settings in EXPERIMENTS.values())
 LABELLED_DPI = 200
 
 
@@ -47,12 +46,12 @@ def create(args):
     utils.check_writable(args.output)
     if args.labelled and Path(args.output).suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
         raise UsageError(f"--output {args.output}: with --labelled its suffix names the format, e.g. .png, .pdf or .svg")
-    dataset = func.load_data(TrainConfig(), args.data_dir)
-    rows = [dataset.validation.images[: func.RECONSTRUCTED_DIGITS]]
-    for name in func.EXPERIMENTS:
+    dataset = experiment.import_func().load_data(TrainConfig(), args.data_dir)
+    rows = [dataset.validation.images[:RECONSTRUCTED_DIGITS]]
+    for name in EXPERIMENTS:
         ensure_results(name, args.models_dir, dataset, args.data_dir)
         rows.append(read_results(Path(args.models_dir) / name))
-    grid = np.concatenate([utils.tile_images(row, func.RECONSTRUCTED_DIGITS) for row in rows])
+    grid = np.concatenate([utils.tile_images(row, RECONSTRUCTED_DIGITS) for row in rows])
     if args.labelled:
         utils.save_figure(labelled_figure(grid), args.output, dpi=LABELLED_DPI, bbox_inches="tight", pad_inches=0.05)
     else:
@@ -63,8 +62,9 @@ def create(args):
 def ensure_results(name, models_dir, dataset, data_dir):
     """Write the reconstructions of model `name` if any is missing, training the model first if it does not exist."""
     model_dir = Path(models_dir) / name
-    if all(path.is_file() for path in func.result_paths(model_dir)):
+    if all(path.is_file() for path in result_paths(model_dir)):
         return
+    func = experiment.import_func()
     if func.has_model(model_dir):
         print(f"{model_dir}: reconstructing from the saved model", flush=True)
         func.write_reconstructions(model_dir, dataset)
@@ -75,7 +75,7 @@ def ensure_results(name, models_dir, dataset, data_dir):
 def read_results(model_dir):
     """The reconstructions of a model as [10, 784] grey levels in [0, 1]."""
     images = []
-    for path in func.result_paths(model_dir):
+    for path in result_paths(model_dir):
         try:
             with Image.open(path) as image:
                 if image.size != (utils.IMAGE_SIDE, utils.IMAGE_SIDE) or image.mode != "L":

@@ -7,11 +7,9 @@ WTA_VAE_DEBUG=1, shows the full traceback instead.
 
 import os
 
-from config import TrainConfig
+from config import EXPERIMENTS, RECONSTRUCTED_DIGITS, RESULTS_DIR, TrainConfig
 from script import (DEBUG_VARIABLE, ArgumentParser, add_data_dir_flag, add_data_flags, given_config_values, import_func,
                     positive_float, positive_int, report_errors)
-
-func = import_func()  # before parsing: the scripts' flags show func.EXPERIMENTS
 
 TRAIN_SCRIPTS = {"default": "train_default.py", "lwta": "train_LWTA.py", "p-lwta": "train_pLWTA.py"}
 
@@ -26,11 +24,11 @@ def add_debug_flag(parser):
 
 def train_parser(name):
     """The flags of a train_*.py script; the defaults are the original's settings for model `name`."""
-    settings = func.EXPERIMENTS[name]
+    settings = EXPERIMENTS[name]
     parser = ArgumentParser(
         prog=TRAIN_SCRIPTS[name],
         description=f"Train the {settings.label} VAE with the original's settings and reconstruct the first "
-                    f"{func.RECONSTRUCTED_DIGITS} validation digits into <output-dir>/{name}/{func.RESULTS_DIR}/.",
+                    f"{RECONSTRUCTED_DIGITS} validation digits into <output-dir>/{name}/{RESULTS_DIR}/.",
     )
     flag = parser.add_argument
     # Defaults of None tell --resume what was given; the experiment's settings fill in the rest.
@@ -54,7 +52,10 @@ def train_parser(name):
 
 
 def run_command(parser, action, argv=None):
-    """Parse `argv` with `parser` and call action(args); returns the exit status, a user mistake in one line."""
+    """Parse `argv` with `parser` and call action(args); returns the exit status, a user mistake in one line.
+
+    func.py, and with it TensorFlow, is imported only after parsing (see script.report_errors).
+    """
     args = parser.parse_args(argv)
     return report_errors(parser.prog, lambda: action(args), args.debug)
 
@@ -65,12 +66,13 @@ def main(name, argv=None):
 
 
 def _train_and_report(name, args):
+    func = import_func()
     given = given_config_values(args)
     if args.resume:
         history = func.resume_and_reconstruct(name, args.output_dir, **given)
     else:
         history = func.train_and_reconstruct(name, args.output_dir, overwrite=args.overwrite, **given)
     step, _, validation_loss, elapsed = history[-1]
-    results = os.path.join(args.output_dir, name, func.RESULTS_DIR)
+    results = os.path.join(args.output_dir, name, RESULTS_DIR)
     print(f"saved {os.path.join(args.output_dir, name)} at step {step} (validation loss {validation_loss:.3f} nats "
           f"per image, {elapsed:.1f} s of training); reconstructions in {results}")

@@ -36,14 +36,14 @@ import tensorflow as tf
 
 import network
 import utils
-from config import DEFAULT_CHUNK_SIZE, DEFAULT_IMPORTANCE_SAMPLES, MANIFOLD_SIDE, MAX_CHUNK_IMAGES, TrainConfig
+from config import (DEFAULT_CHUNK_SIZE, DEFAULT_IMPORTANCE_SAMPLES, EXPERIMENTS, MANIFOLD_SIDE, MAX_CHUNK_IMAGES,
+                    METRICS_COLUMNS, RECONSTRUCTED_DIGITS, TrainConfig, result_paths)
 from utils import DataError, UsageError
 
 CHECKPOINT_FILE = "checkpoint.npz"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
-METRICS_COLUMNS = ("step", "training_loss", "validation_loss", "elapsed_seconds")
 # Competing units form strided blocks (network._blocks); checkpoints without this mark hold adjacent blocks.
 BLOCK_LAYOUT, EARLIER_BLOCK_LAYOUT = "strided", "adjacent"
 # Evaluation images are binarized with one fixed draw, the same for every model, so their numbers compare.
@@ -852,28 +852,6 @@ def evaluate(model_dir, split="test", importance_samples=DEFAULT_IMPORTANCE_SAMP
 # The original's experiments: train_*.py, create_comparison_figure.py, compare_learning.py
 
 
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """The settings of one of the original's train_*.py scripts, and the model's label in figures."""
-
-    layer_structure: str
-    learning_rate: float
-    batch_size: int
-    steps: int
-    label: str
-
-
-# Folder name under saved_models/ -> the original's settings.  p-LWTA alone had learning rate 1e-4 and
-# batch 1,000, so the original's comparison is not like for like; kept for fidelity.
-EXPERIMENTS = {
-    "default": Experiment("none", 1e-3, 100, 2000, "ReLU (none)"),
-    "lwta": Experiment("lwta", 1e-3, 100, 2000, "LWTA"),
-    "p-lwta": Experiment("p-lwta", 1e-4, 1000, 2000, "p-LWTA"),
-}
-RESULTS_DIR = "results"
-RECONSTRUCTED_DIGITS = 10  # the first validation digits, reconstructed after training
-
-
 def experiment_config(name, **overrides):
     """The TrainConfig of experiment `name`: the original's settings, changed by `overrides` (TrainConfig fields)."""
     if name not in EXPERIMENTS:
@@ -886,11 +864,6 @@ def experiment_config(name, **overrides):
         raise UsageError(f"--validation-examples must be at least {RECONSTRUCTED_DIGITS}, the digits that are "
                          f"reconstructed; got {config.validation_examples}")
     return config
-
-
-def result_paths(model_dir):
-    """Where the reconstructions of a model go: model_dir/results/mnist_0.png ... mnist_9.png."""
-    return [Path(model_dir) / RESULTS_DIR / f"mnist_{index}.png" for index in range(RECONSTRUCTED_DIGITS)]
 
 
 def write_reconstructions(model_dir, dataset=None):

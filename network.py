@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-LAYER_STRUCTURES = ("none", "lwta", "p-lwta")
+from config import LAYER_STRUCTURES
 
 
 def check_block_size(width, block_size):

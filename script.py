@@ -17,8 +17,9 @@ import os
 import sys
 import tempfile
 
-from config import DEFAULT_CHUNK_SIZE, DEFAULT_IMPORTANCE_SAMPLES, MANIFOLD_SIDE, MAX_CHUNK_IMAGES, TrainConfig
-from utils import DataError, UsageError
+from config import (DEFAULT_CHUNK_SIZE, DEFAULT_IMPORTANCE_SAMPLES, LAYER_STRUCTURES, MANIFOLD_SIDE, MAX_CHUNK_IMAGES,
+                    TrainConfig)
+from utils import BINARIZATIONS, DATASETS, LOSSES, DataError, UsageError
 
 DEBUG_VARIABLE = "WTA_VAE_DEBUG"
 
@@ -100,7 +101,7 @@ def import_func():
 def add_model_flags(parser, defaults):
     """Flags of the training configuration; each defaults to None so that --resume can tell what was given."""
     flag = parser.add_argument
-    flag("--layer-structure", choices=("none", "lwta", "p-lwta"),
+    flag("--layer-structure", choices=LAYER_STRUCTURES,
          help=f"hidden units: ReLU, deterministic LWTA or probabilistic LWTA (default: {defaults.layer_structure})")
     flag("--block-size", type=positive_int, help=f"units per LWTA block (default: {defaults.block_size})")
     flag("--lwta-hidden-only", dest="compete_latent", action="store_const", const=False,
@@ -108,12 +109,12 @@ def add_model_flags(parser, defaults):
               "(default: all four, as in the original)")
     flag("--hidden-units", type=positive_int, help=f"width of both hidden layers (default: {defaults.hidden_units})")
     flag("--latent-dim", type=positive_int, help=f"latent dimensions (default: {defaults.latent_dim})")
-    flag("--loss", choices=("mse", "bce"),
+    flag("--loss", choices=LOSSES,
          help=f"mse: the original's squared error + KL (Gaussian decoder, variance 1/2); bce: Bernoulli "
               f"(default: {defaults.loss})")
-    flag("--binarize", choices=("none", "dynamic", "static"),
+    flag("--binarize", choices=BINARIZATIONS,
          help=f"binarize pixels: a fresh draw per batch, or one fixed draw (default: {defaults.binarize})")
-    flag("--dataset", choices=("mnist", "fashion-mnist"), help=f"dataset (default: {defaults.dataset})")
+    flag("--dataset", choices=tuple(DATASETS), help=f"dataset (default: {defaults.dataset})")
     flag("--batch-size", type=positive_int, help=f"images per training step (default: {defaults.batch_size})")
     flag("--steps", type=positive_int, help=f"training steps, i.e. mini-batches (default: {defaults.steps})")
     flag("--learning-rate", type=positive_float, help=f"Adam learning rate (default: {defaults.learning_rate})")
@@ -197,7 +198,7 @@ def build_parser():
     reconstruct.add_argument("--sample", action="store_true",
                              help="decode a sampled z instead of the posterior mean (default: the mean)")
     reconstruct.add_argument("--seed", type=non_negative_int, default=1, help="seed of --sample (default: 1)")
-    reconstruct.add_argument("--layer-structure", choices=("none", "lwta", "p-lwta"),
+    reconstruct.add_argument("--layer-structure", choices=LAYER_STRUCTURES,
                              help="if given, must match the saved model")
     add_data_dir_flag(reconstruct)
 

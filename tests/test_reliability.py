@@ -156,25 +156,56 @@ def test_bad_training_flags(tmp_path, flags, message):
     assert not (tmp_path / "model").exists()
 
 
-def test_help_and_flag_errors_come_before_tensorflow_is_imported():
+# Per entry point: the code that runs it, the argument lists that only parse, and one that runs a command.
+ENTRY_POINTS = {
+    "script.py": ("import script; run = script.main",
+                  [["--help"], ["train", "--help"], ["evaluate", "--help"], ["train", "--steps", "0"]],
+                  ["sample", "--model-path", "nowhere", "--output-path", "x.png"]),
+    "train_LWTA.py": ("import experiment; run = lambda argv: experiment.main('lwta', argv)",
+                      [["--help"], ["--steps", "0"]], ["--resume", "--output-dir", "nowhere"]),
+    "compare_learning.py": ("import compare_learning; run = compare_learning.main",
+                            [["--help"], ["--learning-rates", "0.1,0.1"]],
+                            ["--from-csv", "--output-prefix", "nowhere/x"]),
+    "create_comparison_figure.py": ("import create_comparison_figure; run = create_comparison_figure.main",
+                                    [["--help"], ["--no-such-flag"]],
+                                    ["--labelled", "--output", "x.unknown"]),
+}
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_help_and_flag_errors_come_before_tensorflow_is_imported(entry_point):
     """Parsing imports no TensorFlow, so --help and a bad value answer at once; a command then imports it."""
+    setup, parse_only, command_argv = ENTRY_POINTS[entry_point]
     probe = (
-        "import sys, script\n"
-        "for argv in (['--help'], ['train', '--help'], ['evaluate', '--help'], ['train', '--steps', '0']):\n"
+        f"import sys\n{setup}\n"
+        f"for argv in {parse_only!r}:\n"
         "    try:\n"
-        "        script.main(argv)\n"
+        "        run(argv)\n"
         "    except SystemExit as exit:\n"
         "        print('exit', exit.code, 'tensorflow' in sys.modules)\n"
-        "script.main(['sample', '--model-path', 'nowhere', '--output-path', 'x.png'])\n"
-        "print('command', 'tensorflow' in sys.modules)\n"
+        f"print('command', run({command_argv!r}), 'tensorflow' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, cwd=ROOT,
                             env={**os.environ, "COLUMNS": "1000"})  # help lines unwrapped
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert [line for line in lines if line.startswith(("exit", "command"))] == [
-        "exit 0 False", "exit 0 False", "exit 0 False", "exit 2 False", "command True"]
-    assert "(default: 5000, as in Burda et al. 2015)" in result.stdout  # evaluate's defaults, from config.py
+    outcomes = [line for line in result.stdout.splitlines() if line.startswith(("exit", "command"))]
+    expected_exits = ["exit 0 False"] * (len(parse_only) - 1) + ["exit 2 False"]
+    assert outcomes[:-1] == expected_exits
+    assert outcomes[-1].startswith("command ") and outcomes[-1].endswith(" True")
+    assert outcomes[-1] != "command 0 True", "the command was meant to fail on a missing or wrong path"
+    assert "(default: " in result.stdout
+
+
+def test_help_states_the_defaults():
+    """Defaults of evaluate and of a train_*.py script, which --help reads from config.py."""
+    help_texts = {
+        "evaluate": run_cli("evaluate", "--help", env={"COLUMNS": "1000"}).stdout,
+        "train_pLWTA.py": subprocess.run([sys.executable, str(ROOT / "train_pLWTA.py"), "--help"], capture_output=True,
+                                         text=True, timeout=600, env={**os.environ, "COLUMNS": "1000"}).stdout,
+    }
+    assert "(default: 5000, as in Burda et al. 2015)" in help_texts["evaluate"]
+    assert "Adam learning rate (default: 0.0001)" in help_texts["train_pLWTA.py"]
+    assert "images per training step (default: 1000)" in help_texts["train_pLWTA.py"]
 
 
 # ---------------------------------------------------------------------------
