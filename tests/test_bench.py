@@ -21,6 +21,8 @@ def test_quick_benchmark_writes_its_table_as_json(tmp_path):
     assert set(rows) == {(structure, batch) for structure in ("none", "lwta", "p-lwta") for batch in (100, 1000)}
     ceiling = results["ceiling_gflops"]
     assert ceiling == max(results["ceilings_gflops"]) > 0
+    assert results["ceiling_sizes"] == [1024, 1536, 2048]
+    assert f"ceiling (the fastest of 1024x1024, 1536x1536, 2048x2048): {ceiling:.1f} GFLOP/s" in finished.stdout
     for (structure, batch), row in rows.items():
         assert row["gflop_per_step"] == 6 * multiply_adds * batch / 1e9
         slowest, fastest = row["spread"]
