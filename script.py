@@ -89,8 +89,11 @@ def import_func():
     Called once the flags have parsed, so that --help and usage errors are instant.
     """
     global func
-    with quiet_stderr():
-        import func
+    if "func" in sys.modules:  # imported already: no banner to hide
+        func = sys.modules["func"]
+    else:
+        with quiet_stderr():
+            import func
     return func
 
 

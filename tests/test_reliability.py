@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--train-examples", "300", "--validation-examples", "50", "--hidden-units", "40", "--latent-dim", "10"]
 
 
-def command(*args):
-    return [sys.executable, str(ROOT / "script.py"), *map(str, args)]
+def command(*args, program="script.py"):
+    return [sys.executable, str(ROOT / program), *map(str, args)]
 
 
-def run_cli(*args, env=None):
-    return subprocess.run(command(*args), capture_output=True, text=True, timeout=600,
+def run_cli(*args, env=None, program="script.py"):
+    return subprocess.run(command(*args, program=program), capture_output=True, text=True, timeout=600,
                           env={**os.environ, **(env or {})})
 
 
@@ -200,8 +200,7 @@ def test_help_states_the_defaults():
     """Defaults of evaluate and of a train_*.py script, which --help reads from config.py."""
     help_texts = {
         "evaluate": run_cli("evaluate", "--help", env={"COLUMNS": "1000"}).stdout,
-        "train_pLWTA.py": subprocess.run([sys.executable, str(ROOT / "train_pLWTA.py"), "--help"], capture_output=True,
-                                         text=True, timeout=600, env={**os.environ, "COLUMNS": "1000"}).stdout,
+        "train_pLWTA.py": run_cli("--help", env={"COLUMNS": "1000"}, program="train_pLWTA.py").stdout,
     }
     assert "(default: 5000, as in Burda et al. 2015)" in help_texts["evaluate"]
     assert "Adam learning rate (default: 0.0001)" in help_texts["train_pLWTA.py"]
