@@ -14,7 +14,8 @@ training run of each structure through the real training loop, and labelled as
 such.
 
 A breakdown follows, measured by taking pieces out: the batch-100 step of
-`none` with a plain gradient step in place of Adam, an evaluation chunk and
+`none` with a plain gradient step in place of Adam, the network's matrix
+products alone (forward, gradients, a plain update), an evaluation chunk and
 each of its pieces timed alone, the seeded samplers against XLA's others, and
 chained matrix products in XLA's kernels against TensorFlow's.
 
@@ -43,13 +44,16 @@ import utils
 from config import TrainConfig
 
 PIXELS, HIDDEN, LATENT = 784, 500, 100
-# Multiply-adds of one image's forward pass: encoder, both heads, decoder hidden, decoder output.
-FORWARD_MACS = PIXELS * HIDDEN + 2 * HIDDEN * LATENT + LATENT * HIDDEN + HIDDEN * PIXELS
+# The weight matrices of the forward pass: encoder, mean and log-variance heads, decoder hidden, decoder output.
+PRODUCT_SHAPES = ((PIXELS, HIDDEN), (HIDDEN, LATENT), (HIDDEN, LATENT), (LATENT, HIDDEN), (HIDDEN, PIXELS))
+# Multiply-adds of one image's forward pass.
+FORWARD_MACS = sum(inputs * outputs for inputs, outputs in PRODUCT_SHAPES)
 # A training step is a forward and a backward pass: about 3 forward passes of 2 FLOPs per multiply-add.
 TRAIN_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS
 # One importance sample decodes once: decoder hidden and output layers.
 DECODE_FLOPS = 2 * (LATENT * HIDDEN + HIDDEN * PIXELS)
 PLAIN_UPDATE = "none, batch 100, plain update"
+PRODUCTS_ALONE = "batch 100, products alone"
 CEILING_SIZES = (1024, 1536, 2048)
 
 
@@ -105,6 +109,39 @@ def trainer_call(structure, batch_size, steps, dataset, plain_update=False):
     train = lambda: trainer.train_interval(tf.constant(0, tf.int64), indices).numpy()  # noqa: E731
     validate = lambda: trainer.validation_loss(tf.constant(0, tf.int64)).numpy()  # noqa: E731
     return train, validate
+
+
+def random_weights():
+    """The five weight matrices of PRODUCT_SHAPES, drawn at the scale of a trained layer's inputs."""
+    return [tf.random.stateless_normal(shape, [index, 0]) / shape[0] ** 0.5 for index, shape in enumerate(PRODUCT_SHAPES)]
+
+
+def products_alone_call(batch_size, steps):
+    """A function that runs `steps` compiled steps of the network's matrix products alone: the forward pass with
+    its ReLUs, the gradients and a plain update, without the VAE's sampling, loss or Adam.
+
+    Its rate bounds what any training step at this batch size can reach
+    through XLA's matrix-product kernels.
+    """
+    weights = [tf.Variable(weight) for weight in random_weights()]
+    encoder, mean, log_variance, decoder, output = weights
+    x = tf.random.stateless_uniform((batch_size, PIXELS), [9, 0])
+
+    def forward():
+        hidden = tf.nn.relu(x @ encoder)
+        z = hidden @ mean + hidden @ log_variance
+        return tf.reduce_sum(tf.nn.relu(z @ decoder) @ output)
+
+    @tf.function(jit_compile=True)
+    def run():
+        for _ in tf.range(steps):
+            with tf.GradientTape() as tape:
+                total = forward()
+            for weight, gradient in zip(weights, tape.gradient(total, weights)):
+                weight.assign_sub(1e-6 * gradient)
+        return total
+
+    return lambda: run().numpy()
 
 
 def training_seconds(calls, rounds):
@@ -219,9 +256,7 @@ def sampler_nanoseconds(repeats, count=2_500_000):
 def product_chain_gflops(rows, jit_compile, repeats, links=20):
     """GFLOP/s of the five matrix products of a forward pass on `rows` images, chained `links` times, in XLA's
     kernels or TensorFlow's (oneDNN): the products alone, as the training step and the evaluation see them."""
-    shapes = [(PIXELS, HIDDEN), (HIDDEN, LATENT), (HIDDEN, LATENT), (LATENT, HIDDEN), (HIDDEN, PIXELS)]
-    encoder, mean, log_variance, decoder, output = (
-        tf.random.stateless_normal(shape, [index, 0]) / shape[0] ** 0.5 for index, shape in enumerate(shapes))
+    encoder, mean, log_variance, decoder, output = random_weights()
 
     def chain(x):
         for _ in range(links):
@@ -247,13 +282,14 @@ def breakdown(repeats):
 
 
 def training_results(dataset, rounds, steps_per_call):
-    """(a row per structure and batch size, steps/s of `none` at batch 100 with a plain update instead of Adam,
-    the ceilings measured between the rounds)."""
+    """(a row per structure and batch size, {PLAIN_UPDATE: steps/s of `none` at batch 100 with a plain update
+    instead of Adam, PRODUCTS_ALONE: steps/s of its products alone}, the ceilings measured between the rounds)."""
     settings = [(structure, batch_size, steps_per_call if batch_size == 100 else max(5, steps_per_call // 10))
                 for structure in network.LAYER_STRUCTURES for batch_size in (100, 1000)]
     calls = {setting: trainer_call(*setting, dataset) for setting in settings}
     trains = {setting: train for setting, (train, _) in calls.items()}
     trains[PLAIN_UPDATE], _ = trainer_call("none", 100, steps_per_call, dataset, plain_update=True)
+    trains[PRODUCTS_ALONE] = products_alone_call(100, steps_per_call)
     seconds, ceilings = training_seconds(trains, rounds)
     rows = []
     for (structure, batch_size, steps), (_, validate) in calls.items():
@@ -264,7 +300,8 @@ def training_results(dataset, rounds, steps_per_call):
             "spread": [steps / max(times), steps / min(times)], "gflop_per_step": TRAIN_FLOPS_PER_IMAGE * batch_size / 1e9,
             "validation_seconds": validation,
         })
-    return rows, steps_per_call / statistics.median(seconds[PLAIN_UPDATE]), ceilings
+    pieces = {piece: steps_per_call / statistics.median(seconds[piece]) for piece in (PLAIN_UPDATE, PRODUCTS_ALONE)}
+    return rows, pieces, ceilings
 
 
 def measure(quick):
@@ -272,7 +309,7 @@ def measure(quick):
                "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "quick": quick,
                "ceiling_sizes": list(CEILING_SIZES)}
     dataset = random_dataset()
-    results["training"], plain_update, ceilings = training_results(
+    results["training"], pieces, ceilings = training_results(
         dataset, rounds=3 if quick else 7, steps_per_call=50 if quick else 200)
     samples = 5000
     repeats = 3
@@ -288,9 +325,11 @@ def measure(quick):
         row["fraction_of_ceiling"] = row["gflops"] / ceiling
     results["evaluation"]["fraction_of_ceiling"] = results["evaluation"]["gflops"] / ceiling
     adam = next(row for row in results["training"] if (row["structure"], row["batch_size"]) == ("none", 100))
+    plain_update, products = pieces[PLAIN_UPDATE], pieces[PRODUCTS_ALONE]
     results["breakdown"] = {
         "plain_update": {"steps_per_second": plain_update, "fraction_of_ceiling": plain_update * adam["gflop_per_step"] / ceiling,
                          "adam_ms_per_step": 1000 / adam["steps_per_second"] - 1000 / plain_update},
+        "products_alone": {"steps_per_second": products, "fraction_of_ceiling": products * adam["gflop_per_step"] / ceiling},
         **breakdown(repeats=5 if quick else 9),
     }
     results["compare_learning_minutes_extrapolated"] = compare_learning_minutes(
@@ -331,6 +370,9 @@ def print_breakdown(pieces, ceiling):
     print("Where the time goes (medians):")
     print(f"- none, batch 100, a plain gradient step instead of Adam: {plain['steps_per_second']:.1f} steps/s, "
           f"{plain['fraction_of_ceiling']:.0%} of ceiling; Adam's update costs {plain['adam_ms_per_step']:.2f} ms a step")
+    products = pieces["products_alone"]
+    print(f"- batch 100, the step's matrix products alone (forward with ReLU, gradients, a plain update; no sampling, "
+          f"loss or Adam): {products['steps_per_second']:.1f} steps/s, {products['fraction_of_ceiling']:.0%} of ceiling")
     chunk = pieces["evaluation_chunk_ms"]
     print("- one evaluation chunk (5 images x 5,000 samples, ReLU decoder), ms: "
           + ", ".join(f"{name} {ms:.1f}" for name, ms in chunk.items()))

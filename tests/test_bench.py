@@ -43,6 +43,10 @@ def test_quick_benchmark_writes_its_table_as_json(tmp_path):
     plain, adam = breakdown["plain_update"], rows["none", 100]
     assert plain["fraction_of_ceiling"] == plain["steps_per_second"] * adam["gflop_per_step"] / ceiling
     assert plain["adam_ms_per_step"] == 1000 / adam["steps_per_second"] - 1000 / plain["steps_per_second"]
+    products = breakdown["products_alone"]
+    assert products["fraction_of_ceiling"] == products["steps_per_second"] * adam["gflop_per_step"] / ceiling > 0
+    assert f"products alone (forward with ReLU, gradients, a plain update; no sampling, loss or Adam): " \
+           f"{products['steps_per_second']:.1f} steps/s" in finished.stdout
     pieces = breakdown["evaluation_chunk_ms"]
     assert set(pieces) == {"chunk", "noise", "z and log p(z) - log q(z|x)", "log p(x|z)",
                            "decoder products (bias and ReLU fused)"}
