@@ -126,13 +126,16 @@ class Trainer:
         self.noise_seed = _stream_seed(config.seed, _NOISE_STREAM)
         self.validation_seed = _stream_seed(config.seed, _VALIDATION_STREAM)
         self.binarization_seed = _stream_seed(config.seed, _BINARIZATION_STREAM)
+        # Partials, not bound methods: TensorFlow counts traces per method across instances, and several
+        # Trainers that each trace once (compare_learning.py's runs) would draw its "excessive retracing" warning.
         self.train_interval = tf.function(
-            self._train_interval,
+            functools.partial(Trainer._train_interval, self),
             input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([None, None], tf.int32)],
             jit_compile=jit_compile,
         )
         self.validation_loss = tf.function(
-            self._validation_loss, input_signature=[tf.TensorSpec([], tf.int64)], jit_compile=jit_compile
+            functools.partial(Trainer._validation_loss, self), input_signature=[tf.TensorSpec([], tf.int64)],
+            jit_compile=jit_compile,
         )
 
     def beta(self, step):
