@@ -116,6 +116,14 @@ def random_weights():
     return [tf.random.stateless_normal(shape, [index, 0]) / shape[0] ** 0.5 for index, shape in enumerate(PRODUCT_SHAPES)]
 
 
+def forward_products(x, weights, activation):
+    """The five matrix products of a forward pass of `x` through `weights` (PRODUCT_SHAPES), the two heads summed,
+    with `activation` after the encoder's and the decoder's hidden layers."""
+    encoder, mean, log_variance, decoder, output = weights
+    hidden = activation(x @ encoder)
+    return activation((hidden @ mean + hidden @ log_variance) @ decoder) @ output
+
+
 def products_alone_call(batch_size, steps):
     """A function that runs `steps` compiled steps of the network's matrix products alone: the forward pass with
     its ReLUs, the gradients and a plain update, without the VAE's sampling, loss or Adam.
@@ -124,19 +132,13 @@ def products_alone_call(batch_size, steps):
     through XLA's matrix-product kernels.
     """
     weights = [tf.Variable(weight) for weight in random_weights()]
-    encoder, mean, log_variance, decoder, output = weights
     x = tf.random.stateless_uniform((batch_size, PIXELS), [9, 0])
-
-    def forward():
-        hidden = tf.nn.relu(x @ encoder)
-        z = hidden @ mean + hidden @ log_variance
-        return tf.reduce_sum(tf.nn.relu(z @ decoder) @ output)
 
     @tf.function(jit_compile=True)
     def run():
         for _ in tf.range(steps):
             with tf.GradientTape() as tape:
-                total = forward()
+                total = tf.reduce_sum(forward_products(x, weights, tf.nn.relu))
             for weight, gradient in zip(weights, tape.gradient(total, weights)):
                 weight.assign_sub(1e-6 * gradient)
         return total
@@ -256,12 +258,11 @@ def sampler_nanoseconds(repeats, count=2_500_000):
 def product_chain_gflops(rows, jit_compile, repeats, links=20):
     """GFLOP/s of the five matrix products of a forward pass on `rows` images, chained `links` times, in XLA's
     kernels or TensorFlow's (oneDNN): the products alone, as the training step and the evaluation see them."""
-    encoder, mean, log_variance, decoder, output = random_weights()
+    weights = random_weights()
 
     def chain(x):
         for _ in range(links):
-            hidden = x @ encoder
-            x = ((hidden @ mean + hidden @ log_variance) @ decoder) @ output
+            x = forward_products(x, weights, activation=lambda hidden: hidden)  # the products alone
         return x
 
     x = tf.random.stateless_normal((rows, PIXELS), [9, 0])
