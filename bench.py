@@ -41,7 +41,10 @@ import tensorflow as tf
 import func
 import network
 import utils
-from config import TrainConfig
+from evaluation import importance
+from models.vae import family as vae_family
+from training import data
+from training.loop import Trainer
 
 PIXELS, HIDDEN, LATENT = 784, 500, 100
 # The weight matrices of the forward pass: encoder, mean and log-variance heads, decoder hidden, decoder output.
@@ -100,14 +103,14 @@ def trainer_call(structure, batch_size, steps, dataset, plain_update=False):
     `plain_update` swaps Adam for a plain gradient step (before anything is
     traced), which shows what Adam's update costs.
     """
-    config = TrainConfig(layer_structure=structure, batch_size=batch_size)
-    trainer = func.Trainer(config, dataset.train.images, dataset.validation.images)
+    config = func.configure(layer_structure=structure, batch_size=batch_size)
+    trainer = Trainer(config, dataset.train.images, dataset.validation.images)
     if plain_update:
-        trainer.optimizer = keras.optimizers.SGD(config.learning_rate)
+        trainer.optimizer = keras.optimizers.SGD(config.training.learning_rate)
         trainer.optimizer.build(trainer.model.trainable_variables)
-    indices = tf.constant(func.batch_indices(1, 0, steps, batch_size, len(dataset.train.images)))
-    train = lambda: trainer.train_interval(tf.constant(0, tf.int64), indices).numpy()  # noqa: E731
-    validate = lambda: trainer.validation_loss(tf.constant(0, tf.int64)).numpy()  # noqa: E731
+    indices = tf.constant(data.batch_indices(1, 0, steps, batch_size, len(dataset.train.images)))
+    train = lambda: trainer.train_interval(tf.constant(0, tf.int64), indices)["loss"].numpy()  # noqa: E731
+    validate = lambda: trainer.validation_metrics(tf.constant(0, tf.int64))["loss"].numpy()  # noqa: E731
     return train, validate
 
 
@@ -168,7 +171,7 @@ def training_run_seconds(structure, steps, dataset):
     """Wall time of func.train, as compare_learning.py calls it: batch 100, validation every 10 steps."""
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        func.train(TrainConfig(layer_structure=structure, steps=steps), Path(folder) / "model",
+        func.train(func.configure(layer_structure=structure, steps=steps), Path(folder) / "model",
                    dataset=dataset, progress=False)
         return time.perf_counter() - start
 
@@ -190,9 +193,9 @@ def evaluation_seconds(images_count, importance_samples):
     """Wall time of the importance-weighted estimator on `images_count` random images, untrained VAE."""
     model = network.VAE("none")
     images = random_dataset(train_examples=1, validation_examples=images_count).validation.images
-    log_likelihood = func.decoder_log_likelihood(model, "mse")
+    log_likelihood = vae_family.decoder_log_likelihood(model, "mse")
     start = time.perf_counter()
-    func.importance_weighted_bounds(model.encode, log_likelihood, images, importance_samples, seed=1)
+    importance.importance_weighted_bounds(model.encode, log_likelihood, images, importance_samples, seed=1)
     return time.perf_counter() - start
 
 
@@ -222,20 +225,20 @@ def evaluation_chunk_pieces(repeats, images_count=5, importance_samples=5000):
     """Milliseconds of one default evaluation chunk (5 images x 5,000 samples, untrained ReLU model) and of each
     of its pieces, timed alone on the same inputs."""
     model = network.VAE("none")
-    log_likelihood = func.decoder_log_likelihood(model, "mse")
+    log_likelihood = vae_family.decoder_log_likelihood(model, "mse")
     x = tf.constant(random_dataset(train_examples=1, validation_examples=images_count).validation.images)
     mean, log_variance = model.encode(x)
     indices = tf.range(images_count, dtype=tf.int64)
-    draw_noise = lambda: func.chunk_noise(1, indices, importance_samples, LATENT, importance_samples, 0)  # noqa: E731
+    draw_noise = lambda: importance.chunk_noise(1, indices, importance_samples, LATENT, importance_samples, 0)  # noqa: E731
     noise = draw_noise()
-    z, _ = func.posterior_samples(mean, log_variance, noise)
-    products = tf.function(lambda z: [model.decode_logits(tf.reshape(part, [-1, LATENT])) for part in func.decode_parts(z)])
-    weigh = tf.function(functools.partial(func.chunk_weights, log_likelihood, importance_samples, importance_samples, 1))
+    z, _ = importance.posterior_samples(mean, log_variance, noise)
+    products = tf.function(lambda z: [model.decode_logits(tf.reshape(part, [-1, LATENT])) for part in vae_family.decode_parts(z)])
+    weigh = tf.function(functools.partial(importance.chunk_weights, log_likelihood, importance_samples, importance_samples, 1))
     log_likelihood = tf.function(log_likelihood)  # a graph, as inside `weigh`
     return milliseconds({
         "chunk": lambda: weigh(x, mean, log_variance, indices, tf.constant(0)),
         "noise": draw_noise,
-        "z and log p(z) - log q(z|x)": lambda: func.posterior_samples(mean, log_variance, noise),
+        "z and log p(z) - log q(z|x)": lambda: importance.posterior_samples(mean, log_variance, noise),
         "log p(x|z)": lambda: log_likelihood(x[:, None], z),
         "decoder products (bias and ReLU fused)": lambda: products(z),
     }, repeats)
@@ -278,7 +281,7 @@ def breakdown(repeats):
         "evaluation_chunk_ms": evaluation_chunk_pieces(repeats),
         "sampler_ns_per_number": sampler_nanoseconds(repeats),
         "product_chain_gflops": {f"{rows} rows, {'XLA' if jit else 'TensorFlow'}": product_chain_gflops(rows, jit, repeats)
-                                 for rows in (100, func.DECODE_ROWS) for jit in (True, False)},
+                                 for rows in (100, vae_family.DECODE_ROWS) for jit in (True, False)},
     }
 
 

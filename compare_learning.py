@@ -11,7 +11,6 @@ README's description, followed here, came from the sibling autoencoder.)
 
 import argparse
 import csv
-import dataclasses
 import io
 import sys
 from pathlib import Path
@@ -19,11 +18,15 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-import experiment
 import utils
-from config import EXPERIMENTS, METRICS_COLUMNS, TrainConfig
+from cli.errors import import_func
+from cli.flags import ArgumentParser, add_settings
+from experiments import EXPERIMENTS
+from experiments.cli import DATA_SETTINGS, add_debug_flag, run_command
+from settings.run import TrainingConfig
 from utils import DataError
 
+METRICS_COLUMNS = ("step", "training_loss", "validation_loss", "elapsed_seconds")
 CSV_COLUMNS = ("learning_rate", "layer_structure") + METRICS_COLUMNS
 LABELS = {settings.layer_structure: settings.label for settings in EXPERIMENTS.values()}
 DEFAULT_LEARNING_RATES = (1e-3, 1e-4)
@@ -36,8 +39,11 @@ PLAIN_NUMBERS = FuncFormatter(lambda value, _: f"{value:g}")
 
 def learning_rates(text):
     """argparse type: comma-separated positive numbers, each at most once."""
-    rates = [experiment.positive_float(part) for part in text.split(",") if part.strip()]
-    if not rates or len(set(rates)) != len(rates):
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        rates = []
+    if not rates or len(set(rates)) != len(rates) or not all(0 < rate < float("inf") for rate in rates):
         raise argparse.ArgumentTypeError(f"must be distinct positive numbers separated by commas, got {text!r}")
     return rates
 
@@ -46,24 +52,23 @@ learning_rates.__name__ = "learning-rate list"  # argparse's "invalid <type> val
 
 
 def build_parser():
-    parser = experiment.ArgumentParser(prog="compare_learning.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="compare_learning.py", description=__doc__.splitlines()[0])
     flag = parser.add_argument
-    flag("--steps", type=experiment.positive_int, default=DEFAULT_STEPS, help="training steps of every run (default: %(default)s)")
+    add_settings(parser, TrainingConfig, TrainingConfig(steps=DEFAULT_STEPS), tell_given=False, only=("steps",))
     flag("--learning-rates", type=learning_rates, default=list(DEFAULT_LEARNING_RATES),
          help="comma-separated Adam learning rates, one panel each (default: 0.001,0.0001)")
-    experiment.add_data_flags(parser, TrainConfig(), tell_given=False)
-    experiment.add_data_dir_flag(parser)
+    add_settings(parser, TrainingConfig, tell_given=False, only=DATA_SETTINGS)
     flag("--output-prefix", default="compare_learning",
          help="writes <prefix>.png, <prefix>.pdf and <prefix>.csv (default: %(default)s)")
     flag("--models-dir", default="saved_models",
          help="the models go to <models-dir>/compare_learning/lr<rate>/<name> (default: %(default)s)")
     flag("--from-csv", action="store_true", help="redraw the figure from <prefix>.csv without training (default: train)")
-    experiment.add_debug_flag(parser)
+    add_debug_flag(parser)
     return parser
 
 
 def main(argv=None):
-    return experiment.run_command(build_parser(), run, argv)
+    return run_command(build_parser(), run, argv)
 
 
 def run(args):
@@ -85,10 +90,10 @@ def train_all(args, csv_path):
 
     Returns {(learning rate, layer structure): metrics history}.
     """
-    func = experiment.import_func()
-    base = TrainConfig(batch_size=BATCH_SIZE, steps=args.steps, seed=args.seed, train_examples=args.train_examples,
-                       validation_examples=args.validation_examples, data_dir=args.data_dir)
-    runs = [(rate, name, dataclasses.replace(base, layer_structure=settings.layer_structure, learning_rate=rate))
+    func = import_func()
+    base = func.configure(batch_size=BATCH_SIZE, steps=args.steps, seed=args.seed, train_examples=args.train_examples,
+                          validation_examples=args.validation_examples, data_dir=args.data_dir)
+    runs = [(rate, name, base.replace(layer_structure=settings.layer_structure, learning_rate=rate))
             for rate in args.learning_rates for name, settings in EXPERIMENTS.items()]
     for _, _, config in runs:
         config.validate()  # before any run, not after an hour of training
@@ -98,7 +103,7 @@ def train_all(args, csv_path):
         label = f"[{number}/{len(runs)} {name} lr={rate:g}] "
         model_dir = Path(args.models_dir) / "compare_learning" / f"lr{rate:g}" / name
         print(f"{label}{args.steps} steps, batch {BATCH_SIZE} -> {model_dir}", flush=True)
-        curves[rate, config.layer_structure] = func.train(config, model_dir, overwrite=True, dataset=dataset, label=label)
+        curves[rate, config.model_config.layer_structure] = func.train(config, model_dir, overwrite=True, dataset=dataset, label=label)
         write_csv(csv_path, curves)
     return curves
 
@@ -108,9 +113,9 @@ def write_csv(path, curves):
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for (rate, layer_structure), history in curves.items():
-        for step, training, validation, elapsed in history:
-            writer.writerow([repr(rate), layer_structure, int(step), repr(float(training)), repr(float(validation)),
-                             f"{elapsed:.3f}"])
+        for row in history:
+            writer.writerow([repr(rate), layer_structure, int(row["step"]), repr(float(row["training_loss"])),
+                             repr(float(row["validation_loss"])), f"{row['elapsed_seconds']:.3f}"])
     utils.atomic_write_text(path, buffer.getvalue())
 
 
@@ -125,7 +130,7 @@ def read_csv(path):
             curves = {}
             for row in reader:
                 key = (float(row["learning_rate"]), row["layer_structure"])
-                curves.setdefault(key, []).append(tuple(float(row[column]) for column in METRICS_COLUMNS))
+                curves.setdefault(key, []).append({column: float(row[column]) for column in METRICS_COLUMNS})
     except OSError as error:
         raise DataError(f"cannot read {path} ({error.strerror or error}); run without --from-csv to create it") from None
     except (ValueError, TypeError) as error:
@@ -143,7 +148,7 @@ def draw(curves):
     for panel, rate in zip(panels, rates):
         for (curve_rate, layer_structure), history in curves.items():
             if curve_rate == rate:
-                steps, _, validation_losses, _ = zip(*history)
+                steps, validation_losses = ([row[column] for row in history] for column in ("step", "validation_loss"))
                 panel.plot(steps, validation_losses, label=LABELS.get(layer_structure, layer_structure), linewidth=1)
         panel.set(title=f"Learning rate: {rate:g}", yscale="log")
         panel.set_ylabel(Y_LABEL, fontsize="small")

@@ -16,9 +16,12 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from PIL import Image
 
-import experiment
 import utils
-from config import EXPERIMENTS, RECONSTRUCTED_DIGITS, TrainConfig, result_paths
+from cli.errors import import_func
+from cli.flags import ArgumentParser, add_settings
+from experiments import EXPERIMENTS, MODELS_DIR, RECONSTRUCTED_DIGITS, result_paths
+from experiments.cli import add_debug_flag, run_command
+from settings.run import TrainingConfig
 from utils import DataError, UsageError
 
 ROW_LABELS = ("original",) + tuple(settings.label for settings in EXPERIMENTS.values())
@@ -26,27 +29,28 @@ LABELLED_DPI = 200
 
 
 def build_parser():
-    parser = experiment.ArgumentParser(prog="create_comparison_figure.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="create_comparison_figure.py", description=__doc__.splitlines()[0])
     flag = parser.add_argument
     flag("--output", default="comparison.png", help="image to write (default: %(default)s)")
-    flag("--models-dir", default="saved_models", help="folder of the three models (default: %(default)s)")
-    experiment.add_data_dir_flag(parser)
+    flag("--models-dir", default=MODELS_DIR, help="folder of the three models (default: %(default)s)")
+    add_settings(parser, TrainingConfig, tell_given=False, only=("data_dir",))
     flag("--labelled", action="store_true",
          help="write an enlarged figure with row labels, for papers and the README, instead of the "
               "280 x 112 grid (default: the plain grid)")
-    experiment.add_debug_flag(parser)
+    add_debug_flag(parser)
     return parser
 
 
 def main(argv=None):
-    return experiment.run_command(build_parser(), create, argv)
+    return run_command(build_parser(), create, argv)
 
 
 def create(args):
     utils.check_writable(args.output)
     if args.labelled and Path(args.output).suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
         raise UsageError(f"--output {args.output}: with --labelled its suffix names the format, e.g. .png, .pdf or .svg")
-    dataset = experiment.import_func().load_data(TrainConfig(), args.data_dir)
+    func = import_func()
+    dataset = func.load_data(func.configure(), args.data_dir)
     rows = [dataset.validation.images[:RECONSTRUCTED_DIGITS]]
     for name in EXPERIMENTS:
         ensure_results(name, args.models_dir, dataset, args.data_dir)
@@ -64,12 +68,14 @@ def ensure_results(name, models_dir, dataset, data_dir):
     model_dir = Path(models_dir) / name
     if all(path.is_file() for path in result_paths(model_dir)):
         return
-    func = experiment.import_func()
+    func = import_func()
+    from experiments import runs
+
     if func.has_model(model_dir):
         print(f"{model_dir}: reconstructing from the saved model", flush=True)
-        func.write_reconstructions(model_dir, dataset)
+        runs.write_reconstructions(model_dir, dataset)
     else:
-        func.train_and_reconstruct(name, models_dir, dataset=dataset, data_dir=data_dir)
+        runs.train_and_reconstruct(name, models_dir, dataset=dataset, data_dir=data_dir)
 
 
 def read_results(model_dir):

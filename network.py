@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from config import LAYER_STRUCTURES
+from models.vae.config import LAYER_STRUCTURES
 
 
 def check_block_size(width, block_size):
@@ -153,7 +153,6 @@ def probabilistic_lwta(x, training, block_size=2, seed=None):
     return _keep(values, tf.stop_gradient(below))
 
 
-@keras.saving.register_keras_serializable(package="wta_vae")
 class LWTA(keras.layers.Layer):
     """Keras layer for :func:`lwta`."""
 
@@ -167,11 +166,7 @@ class LWTA(keras.layers.Layer):
     def call(self, inputs, training=False, seed=None):
         return lwta(inputs, self.block_size)
 
-    def get_config(self):
-        return {**super().get_config(), "block_size": self.block_size}
 
-
-@keras.saving.register_keras_serializable(package="wta_vae")
 class ProbabilisticLWTA(keras.layers.Layer):
     """Keras layer for :func:`probabilistic_lwta`."""
 
@@ -184,9 +179,6 @@ class ProbabilisticLWTA(keras.layers.Layer):
 
     def call(self, inputs, training=False, seed=None):
         return probabilistic_lwta(inputs, training, self.block_size, seed)
-
-    def get_config(self):
-        return {**super().get_config(), "block_size": self.block_size}
 
 
 class Rectifier(keras.layers.Layer):
@@ -228,7 +220,7 @@ class VAE(keras.Model):
     `layer_structure` is ``none`` (ReLU), ``lwta`` or ``p-lwta``.  In the LWTA
     structures the hidden units are linear and compete in blocks of
     `block_size`; as in the original, the mean and log-variance heads compete
-    too unless `compete_latent` is False.
+    too unless `lwta_hidden_only`.
     """
 
     def __init__(
@@ -238,7 +230,7 @@ class VAE(keras.Model):
         hidden_units=500,
         latent_dim=100,
         input_dim=784,
-        compete_latent=True,
+        lwta_hidden_only=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -252,14 +244,14 @@ class VAE(keras.Model):
         competes = layer_structure != "none"
         if competes:
             check_block_size(hidden_units, block_size)
-            if compete_latent:
+            if not lwta_hidden_only:
                 check_block_size(latent_dim, block_size)
         self.layer_structure = layer_structure
         self.block_size = block_size
         self.hidden_units = hidden_units
         self.latent_dim = latent_dim
         self.input_dim = input_dim
-        self.compete_latent = compete_latent
+        self.lwta_hidden_only = lwta_hidden_only
 
         self.encoder_hidden = _dense(hidden_units, "encoder_hidden")
         self.mean_head = _dense(latent_dim, "mean")
@@ -269,7 +261,7 @@ class VAE(keras.Model):
 
         self.encoder_activation = _hidden_activation(layer_structure, block_size)
         self.decoder_activation = _hidden_activation(layer_structure, block_size)
-        latent_competes = competes and compete_latent
+        latent_competes = competes and not lwta_hidden_only
         self.mean_activation = _hidden_activation(layer_structure, block_size) if latent_competes else Linear()
         self.log_variance_activation = (
             _hidden_activation(layer_structure, block_size) if latent_competes else Linear()
@@ -315,9 +307,9 @@ class VAE(keras.Model):
         z = self.reparameterize(mean, log_variance, seed=noise_seed)
         return mean, log_variance, self.decode_logits(z, training=training, seed=decoder_seed)
 
-    def call(self, x, training=False, seed=None):
-        """The reconstruction of `x` (pixel probabilities) through a sampled z."""
-        return tf.sigmoid(self.forward(x, training=training, seed=seed)[2])
+    def call(self, x, training=False):
+        """The reconstruction of `x` (pixel probabilities) from the posterior mean: deterministic in inference."""
+        return self.decode(self.encode(x, training=training)[0], training=training)
 
     def get_config(self):
         return {**super().get_config(), **self.architecture()}
@@ -330,28 +322,5 @@ class VAE(keras.Model):
             "hidden_units": self.hidden_units,
             "latent_dim": self.latent_dim,
             "input_dim": self.input_dim,
-            "compete_latent": self.compete_latent,
+            "lwta_hidden_only": self.lwta_hidden_only,
         }
-
-
-def adjacent_to_strided(model):
-    """Relabel, in place, the units of `model` whose weights were trained with adjacent blocks.
-
-    Checkpoints written before blocks became strided (:func:`_blocks`) hold
-    weights for blocks of adjacent units.  Moving each competing layer's output
-    units, and the next layer's inputs, into strided order makes this model
-    compute exactly the function those weights computed.
-    """
-    if model.layer_structure == "none":
-        return
-    hidden = strided_order(model.hidden_units, model.block_size)
-    latent = strided_order(model.latent_dim, model.block_size) if model.compete_latent else np.arange(model.latent_dim)
-    for layer, inputs, outputs in (
-        (model.encoder_hidden, np.arange(model.input_dim), hidden),
-        (model.mean_head, hidden, latent),
-        (model.log_variance_head, hidden, latent),
-        (model.decoder_hidden, latent, hidden),
-        (model.decoder_output, hidden, np.arange(model.input_dim)),
-    ):
-        layer.kernel.assign(tf.gather(tf.gather(layer.kernel, inputs, axis=0), outputs, axis=1))
-        layer.bias.assign(tf.gather(layer.bias, outputs))

@@ -1,13 +1,13 @@
 """The default VAE (ReLU hidden units): train it with the original's settings, reconstruct validation digits 0-9.
 
-    python train_default.py    # saved_models/default/ and saved_models/default/results/mnist_0.png ... mnist_9.png
+    python train_default.py    # saved_models/original/none/ and its results/mnist_0.png ... mnist_9.png
 
-Flags override the settings (see --help); the work is func.train_and_reconstruct("default").
+Flags override the settings (see --help); the work is experiments.runs.train_and_reconstruct("none").
 """
 
 import sys
 
-import experiment
+from experiments import cli
 
 if __name__ == "__main__":
-    sys.exit(experiment.main("default"))
+    sys.exit(cli.main("none"))

@@ -1,0 +1,1 @@
+"""The command lines: flags generated from the settings dataclasses, and one-line errors."""

@@ -1,0 +1,1 @@
+"""The 784-500-100-500-784 VAE with ReLU, LWTA or probabilistic-LWTA hidden layers (network.py)."""

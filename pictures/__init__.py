@@ -1,0 +1,1 @@
+"""Pictures of trained models, for every family that can draw them."""

@@ -1,0 +1,151 @@
+"""Pictures of a trained model: reconstructions, prior samples, the latent space and its decoded manifold."""
+
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+import models
+import utils
+from evaluation.importance import first_rows
+from training import checkpoint, data
+from utils import UsageError
+
+MANIFOLD_SIDE = 20  # the decoded latent plane of a 2-D model: a 20 x 20 grid of digits
+
+
+def load_for(model_dir, command):
+    """(model, RunConfig) of `model_dir`, or UsageError when its family cannot serve `command`."""
+    model, config = checkpoint.load_model(model_dir)
+    require(config.model, command)
+    return model, config
+
+
+def require(family_name, command):
+    """UsageError unless family `family_name` serves `command`."""
+    if command not in models.family(family_name).commands:
+        raise UsageError(f"the {family_name} model family cannot serve {command}")
+
+
+def check_layer_structure(config, layer_structure, model_dir):
+    """reconstruct's --layer-structure, kept from the original's command line, must match the saved model."""
+    saved = getattr(config.model_config, "layer_structure", None)
+    if layer_structure is not None and layer_structure != saved:
+        raise UsageError(f"--layer-structure {layer_structure} disagrees with the model in {model_dir}, "
+                         f"which is {saved}; drop the flag or pick another directory")
+
+
+def describe(config):
+    """A short name of a run's model for titles: its family and, for the VAE, its layer structure."""
+    return config.model_config.run_name() if config.model == "vae" else config.model
+
+
+def png_path(path):
+    """`path` as a Path, with ".png" appended unless it already ends so."""
+    path = Path(path)
+    return path if path.suffix.lower() == ".png" else path.with_name(path.name + ".png")
+
+
+def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_structure=None, seed=1, data_dir=None):
+    """Write the reconstruction of validation image `index` (or a grid of the first `grid`) as a grayscale PNG."""
+    output_path = png_path(output_path)
+    utils.check_writable(output_path)
+    model, config = load_for(model_dir, "reconstruct")
+    check_layer_structure(config, layer_structure, model_dir)
+    images = data.evaluation_images(config, data.load_data(config, data_dir).validation)
+    family = models.family(config.model)
+    count = len(images)
+    if grid is not None:
+        if not 1 <= grid <= count:
+            raise UsageError(f"--grid must be between 1 and {count} (the validation images), got {grid}")
+        originals = images[:grid]
+        reconstructions = family.reconstruct(model, originals, sample, seed)
+        picture = np.concatenate([utils.tile_images(originals, grid), utils.tile_images(reconstructions, grid)])
+    else:
+        if not 0 <= index < count:
+            raise UsageError(f"--mnist-index {index} is outside the validation split (0 to {count - 1})")
+        picture = utils.tile_images(family.reconstruct(model, images[index : index + 1], sample, seed), 1)
+    utils.save_grayscale_png(output_path, picture)
+    return output_path
+
+
+# ---------------------------------------------------------------------------
+# Pictures of the generative model
+
+
+def sample(model_dir, output_path, count=100, seed=1):
+    """Decode `count` prior draws z ~ N(0, I) (inference mode) into a square-ish grid; returns the PNG's path."""
+    if count < 1:
+        raise UsageError(f"--count must be at least 1, got {count}")
+    output_path = png_path(output_path)
+    utils.check_writable(output_path)
+    model, config = load_for(model_dir, "sample")
+    family = models.family(config.model)
+    digits = family.decode(model, family.sample_prior(model, count, seed))
+    utils.save_grayscale_png(output_path, utils.tile_images(digits, math.ceil(math.sqrt(count))))
+    return output_path
+
+
+def principal_plane(points):
+    """(coordinates [count, 2], axis names): the points themselves in 2-D, else their first two principal components.
+
+    A 1-D latent space is drawn on a line (second coordinate 0).
+    """
+    dimensions = points.shape[1]
+    if dimensions == 1:
+        return np.column_stack([points[:, 0], np.zeros(len(points))]), ("z1", "")
+    if dimensions == 2:
+        return points, ("z1", "z2")
+    centred = points - points.mean(axis=0)
+    _, singular_values, directions = np.linalg.svd(centred, full_matrices=False)
+    explained = singular_values**2 / max(np.sum(singular_values**2), np.finfo(float).tiny)
+    names = tuple(f"principal component {i + 1} ({explained[i]:.0%} of the variance)" for i in range(2))
+    return centred @ directions[:2].T, names
+
+
+def latent_figure(coordinates, labels, axis_names, title):
+    """A scatter plot of `coordinates` coloured by label (0-9), with a colour bar."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    figure = Figure(figsize=(7, 6), layout="constrained")
+    axes = figure.subplots()
+    points = axes.scatter(coordinates[:, 0], coordinates[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5,
+                          s=4, alpha=0.7, linewidths=0)
+    figure.colorbar(points, ax=axes, ticks=range(10), label="label")
+    axes.set(xlabel=axis_names[0], ylabel=axis_names[1], title=title)
+    return figure
+
+
+def manifold(family, model, side=MANIFOLD_SIDE):
+    """Decoded digits over the latent plane of a 2-D model, [side * 28, side * 28] pixels.
+
+    The grid points are evenly spaced in prior probability (the inverse normal
+    CDF of (i + 0.5) / side), so each covers the same prior mass; z2 grows upwards.
+    """
+    values = [statistics.NormalDist().inv_cdf((i + 0.5) / side) for i in range(side)]
+    z = np.array([(z1, z2) for z2 in reversed(values) for z1 in values], dtype=np.float32)
+    return utils.tile_images(family.decode(model, z), side)
+
+
+def latent(model_dir, output_path, data_dir=None, limit=None):
+    """Plot the test images' posterior means (inference mode) coloured by label; returns the paths written.
+
+    More than two latent dimensions are projected on their first two principal
+    components.  A 2-D model also gets its decoded manifold, written next to the
+    plot as <stem>_manifold.png.  `limit` keeps the first test images only.
+    """
+    output_path = png_path(output_path)
+    utils.check_writable(output_path)
+    model, config = load_for(model_dir, "latent")
+    family = models.family(config.model)
+    test = data.load_data(config, data_dir).test
+    images, labels = first_rows(data.evaluation_images(config, test), limit), first_rows(test.labels, limit)
+    coordinates, axis_names = principal_plane(family.encode_mean(model, images))
+    title = f"{config.training.dataset} test set: posterior means of {len(images)} images ({describe(config)})"
+    utils.save_figure(latent_figure(coordinates, labels, axis_names, title), output_path, dpi=120)
+    if family.latent_dim(model) != 2:
+        return [output_path]
+    manifold_path = output_path.with_name(f"{output_path.stem}_manifold.png")
+    utils.save_grayscale_png(manifold_path, manifold(family, model))
+    return [output_path, manifold_path]

@@ -1,0 +1,1 @@
+"""The shared training loop and model directories: every model family gets them unchanged."""
