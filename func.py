@@ -17,7 +17,7 @@ import keras
 import models
 import utils
 from evaluation.importance import evaluate
-from pictures.draw import latent, reconstruct, require, sample
+from pictures.draw import latent, prior_samples, reconstruct, require, sample
 from settings.run import RunConfig, configure
 from training.checkpoint import EVALUATION_FILE, has_model, load_model
 from training.data import evaluation_images, load_data
@@ -25,7 +25,7 @@ from training.loop import TrainingDiverged, TrainingInterrupted, resume, train
 from utils import UsageError
 
 __all__ = ["RunConfig", "TrainingDiverged", "TrainingInterrupted", "EVALUATION_FILE", "configure", "default_model_path",
-           "evaluate", "evaluation_images", "export", "has_model", "latent", "load_data", "load_model",
+           "evaluate", "evaluation_images", "export", "has_model", "latent", "load_data", "load_model", "prior_samples",
            "reconstruct", "resume", "sample", "train"]
 MODELS_DIR = "saved_models"
 
@@ -48,3 +48,4 @@ def export(model_dir, output_path):
     exported = models.family(config.model).export_model(model)
     utils.atomic_write(output_path, lambda temporary: keras.saving.save_model(exported, temporary))
     return output_path
+

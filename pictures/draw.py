@@ -81,10 +81,16 @@ def sample(model_dir, output_path, count=100, seed=1):
     output_path = png_path(output_path)
     utils.check_writable(output_path)
     model, config = load_for(model_dir, "sample")
-    family = models.family(config.model)
-    digits = family.decode(model, family.sample_prior(model, count, seed))
+    digits = prior_samples(model, config, count, seed)
     utils.save_grayscale_png(output_path, utils.tile_images(digits, math.ceil(math.sqrt(count))))
     return output_path
+
+
+def prior_samples(model, config, count=16, seed=1):
+    """`count` digits decoded from prior draws (inference mode), pixel probabilities [count, 784]."""
+    require(config.model, "sample")
+    family = models.family(config.model)
+    return family.decode(model, family.sample_prior(model, count, seed))
 
 
 def principal_plane(points):

@@ -17,6 +17,8 @@ from training.checkpoint_names import FIRST_COLUMNS, FORMAT, MODEL, OPTIMIZER
 
 LAYERS = ("encoder_hidden", "mean", "log_variance", "decoder_hidden", "decoder_output")
 WEIGHTS = [f"{layer}/{kind}" for layer in LAYERS for kind in ("kernel", "bias")]
+# The VAE's metrics history today (training.checkpoint.metrics_columns of its metrics).
+COLUMNS = FIRST_COLUMNS + ("training_reconstruction", "training_kl", "validation_reconstruction", "validation_kl")
 
 
 def from_format_1(arrays):
@@ -36,9 +38,15 @@ def from_format_1(arrays):
         flat = "vae_" + name.replace("/", "_")
         migrated[f"{OPTIMIZER}adam/{flat}_momentum"] = momentum[name]
         migrated[f"{OPTIMIZER}adam/{flat}_velocity"] = velocity[name]
-    migrated.update(history=arrays["history"], history_columns=np.array(FIRST_COLUMNS), elapsed=arrays["elapsed"],
+    migrated.update(history=_history(arrays["history"]), history_columns=np.array(COLUMNS), elapsed=arrays["elapsed"],
                     config=np.array(json.dumps(config)), format=np.int64(FORMAT))
     return migrated
+
+
+def _history(rows):
+    """The four format-1 columns, then the parts of the loss that format 1 did not record, as NaN."""
+    rows = np.asarray(rows, np.float64).reshape(-1, len(FIRST_COLUMNS))
+    return np.concatenate([rows, np.full((len(rows), len(COLUMNS) - len(FIRST_COLUMNS)), np.nan)], axis=1)
 
 
 def strided_order(width, block_size):
