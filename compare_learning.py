@@ -140,20 +140,40 @@ def read_csv(path):
     return curves
 
 
+def late_limits(histories, skip=0.1, margin=0.05):
+    """(bottom, top) for the validation losses after the first `skip` of the steps, padded by `margin` of their
+    range: the first ~100 steps' losses, far higher, would flatten the part where the models differ.
+
+    None when no such loss is finite.
+    """
+    last_step = max((row["step"] for history in histories for row in history), default=0)
+    losses = [row["validation_loss"] for history in histories for row in history
+              if row["step"] >= skip * last_step and float("-inf") < row["validation_loss"] < float("inf")]
+    if not losses:
+        return None
+    low, high = min(losses), max(losses)
+    padding = margin * (high - low) or margin * max(abs(high), 1.0)
+    return low - padding, high + padding
+
+
 def draw(curves):
-    """One panel per learning rate, stacked: validation loss against step on a log scale, a line per model."""
+    """One panel per learning rate, stacked: validation loss against step, a line per model, the y-range fitted to
+    the steps after the first tenth (the early losses run off the top)."""
     rates = list(dict.fromkeys(rate for rate, _ in curves))
     figure = Figure(figsize=(6.4, 4.2 * len(rates)))
     panels = figure.subplots(len(rates), 1, sharex=True, squeeze=False)[:, 0]
     for panel, rate in zip(panels, rates):
-        for (curve_rate, layer_structure), history in curves.items():
-            if curve_rate == rate:
-                steps, validation_losses = ([row[column] for row in history] for column in ("step", "validation_loss"))
-                panel.plot(steps, validation_losses, label=LABELS.get(layer_structure, layer_structure), linewidth=1)
-        panel.set(title=f"Learning rate: {rate:g}", yscale="log")
+        histories = {layer_structure: history for (curve_rate, layer_structure), history in curves.items()
+                     if curve_rate == rate}
+        for layer_structure, history in histories.items():
+            steps, validation_losses = ([row[column] for row in history] for column in ("step", "validation_loss"))
+            panel.plot(steps, validation_losses, label=LABELS.get(layer_structure, layer_structure), linewidth=1)
+        limits = late_limits(list(histories.values()))
+        if limits is not None:
+            panel.set_ylim(limits)
+        panel.set_title(f"Learning rate: {rate:g}")
         panel.set_ylabel(Y_LABEL, fontsize="small")
-        for axis_ticks in (panel.yaxis.set_major_formatter, panel.yaxis.set_minor_formatter):
-            axis_ticks(PLAIN_NUMBERS)  # 480, not 4.8 x 10^2: the losses span less than a decade
+        panel.yaxis.set_major_formatter(PLAIN_NUMBERS)  # 480.5, never an offset such as "+4.8e2"
         panel.legend()
     panels[-1].set_xlabel("Step")
     figure.tight_layout()

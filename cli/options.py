@@ -5,6 +5,7 @@ import dataclasses
 from evaluation import DEFAULT_CHUNK_SIZE, DEFAULT_IMPORTANCE_SAMPLES, MAX_CHUNK_IMAGES
 from models.vae.config import LAYER_STRUCTURES
 from settings import MAX_SEED, setting
+from utils import MAX_ENLARGEMENT
 
 MAX_IMPORTANCE_SAMPLES = 10**6  # a million samples of one image already take minutes
 MAX_CHUNK_SIZE = 10**6  # about 2.5 GiB of activations for the 784-500-100 network
@@ -15,6 +16,11 @@ def seed_setting(what):
     return setting(1, f"seed of {what}", minimum=0, maximum=MAX_SEED)
 
 
+def scale_setting():
+    return setting(1, "draw every pixel as a SCALE x SCALE block (nearest neighbour), e.g. for papers", minimum=1,
+                   maximum=MAX_ENLARGEMENT)
+
+
 @dataclasses.dataclass(frozen=True)
 class ReconstructOptions:
     mnist_index: int = setting(0, "index into the validation split", flag="--mnist-index", aliases=("--mnist_index",))
@@ -23,6 +29,7 @@ class ReconstructOptions:
     sample: bool = setting(False, "decode a sampled z instead of the posterior mean")
     seed: int = seed_setting("--sample")
     layer_structure: str | None = setting(None, "if given, must match the saved model", choices=LAYER_STRUCTURES)
+    scale: int = scale_setting()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +49,7 @@ class EvaluateOptions:
 class SampleOptions:
     count: int = setting(100, "digits to draw (100: a 10 x 10 grid)", minimum=1, maximum=MAX_PICTURES)
     seed: int = seed_setting("the prior samples")
+    scale: int = scale_setting()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,13 @@ from training import checkpoint, data
 from utils import UsageError
 
 MANIFOLD_SIDE = 20  # the decoded latent plane of a 2-D model: a 20 x 20 grid of digits
+ROW_LENGTH = 10  # reconstruct --grid: at most 10 digits a row, as in the comparison figure
+GAP = 2  # background pixels between the digits of a grid, so that neighbours do not merge
+PAIR_GAP = 6  # background pixels between one pair of rows (originals, reconstructions) and the next
+SEPARATOR_GREY = 0.5  # the 1-pixel line between originals and their reconstructions: neither digit nor background
+MANIFOLD_DPI = 100
+MANIFOLD_ZOOM = 2  # figure pixels per manifold pixel: room for a tick label under every digit
+MANIFOLD_MARGINS = {"left": 70, "bottom": 55, "right": 20, "top": 40}  # figure pixels for the labels and title
 
 
 def load_for(model_dir, command):
@@ -47,8 +54,41 @@ def png_path(path):
     return path if path.suffix.lower() == ".png" else path.with_name(path.name + ".png")
 
 
-def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_structure=None, seed=1, data_dir=None):
-    """Write the reconstruction of validation image `index` (or a grid of the first `grid`) as a grayscale PNG."""
+def check_scale(scale):
+    """UsageError unless `scale` is a whole enlargement factor from 1 to utils.MAX_ENLARGEMENT."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= utils.MAX_ENLARGEMENT:
+        raise UsageError(f"--scale must be an integer from 1 to {utils.MAX_ENLARGEMENT}, got {scale!r}")
+
+
+def save_picture(path, pixels, scale):
+    """Write grey levels in [0, 1] as a grayscale PNG, every pixel a `scale` x `scale` block."""
+    utils.save_grayscale_png(path, utils.enlarge(pixels, scale))
+
+
+def stack(blocks, gap):
+    """2-D blocks of one width, top to bottom, `gap` rows of background apart."""
+    spacer = np.zeros((gap, blocks[0].shape[1]), dtype=blocks[0].dtype)
+    return np.concatenate([part for block in blocks for part in (spacer, block)][1:])
+
+
+def paired_rows(originals, reconstructions, columns=ROW_LENGTH):
+    """Rows of at most `columns` originals, each directly above their reconstructions with a grey line between;
+    the row pairs PAIR_GAP apart, so that each reconstruction is read against its own original."""
+    columns = min(columns, len(originals))
+    pairs = []
+    for start in range(0, len(originals), columns):
+        top, bottom = (utils.tile_images(images[start : start + columns], columns, GAP)
+                       for images in (originals, reconstructions))
+        line = np.full((1, top.shape[1]), SEPARATOR_GREY, dtype=top.dtype)
+        pairs.append(np.concatenate([top, line, bottom]))
+    return stack(pairs, PAIR_GAP)
+
+
+def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_structure=None, seed=1, data_dir=None,
+                scale=1):
+    """Write the reconstruction of validation image `index` (or the first `grid` above their reconstructions)
+    as a grayscale PNG, every pixel enlarged to `scale` x `scale`."""
+    check_scale(scale)
     output_path = png_path(output_path)
     utils.check_writable(output_path)
     model, config = load_for(model_dir, "reconstruct")
@@ -61,12 +101,12 @@ def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_
             raise UsageError(f"--grid must be between 1 and {count} (the validation images), got {grid}")
         originals = images[:grid]
         reconstructions = family.reconstruct(model, originals, sample, seed)
-        picture = np.concatenate([utils.tile_images(originals, grid), utils.tile_images(reconstructions, grid)])
+        picture = paired_rows(originals, reconstructions)
     else:
         if not 0 <= index < count:
             raise UsageError(f"--mnist-index {index} is outside the validation split (0 to {count - 1})")
         picture = utils.tile_images(family.reconstruct(model, images[index : index + 1], sample, seed), 1)
-    utils.save_grayscale_png(output_path, picture)
+    save_picture(output_path, picture, scale)
     return output_path
 
 
@@ -74,15 +114,17 @@ def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_
 # Pictures of the generative model
 
 
-def sample(model_dir, output_path, count=100, seed=1):
-    """Decode `count` prior draws z ~ N(0, I) (inference mode) into a square-ish grid; returns the PNG's path."""
+def sample(model_dir, output_path, count=100, seed=1, scale=1):
+    """Decode `count` prior draws z ~ N(0, I) (inference mode) into a square-ish grid, every pixel enlarged to
+    `scale` x `scale`; returns the PNG's path."""
     if count < 1:
         raise UsageError(f"--count must be at least 1, got {count}")
+    check_scale(scale)
     output_path = png_path(output_path)
     utils.check_writable(output_path)
     model, config = load_for(model_dir, "sample")
     digits = prior_samples(model, config, count, seed)
-    utils.save_grayscale_png(output_path, utils.tile_images(digits, math.ceil(math.sqrt(count))))
+    save_picture(output_path, utils.tile_images(digits, math.ceil(math.sqrt(count)), GAP), scale)
     return output_path
 
 
@@ -123,23 +165,53 @@ def latent_figure(coordinates, labels, axis_names, title):
     return figure
 
 
-def manifold(family, model, side=MANIFOLD_SIDE):
-    """Decoded digits over the latent plane of a 2-D model, [side * 28, side * 28] pixels.
+def manifold_values(side=MANIFOLD_SIDE):
+    """The z1 (and z2) values of the manifold's columns (and rows), ascending.
 
-    The grid points are evenly spaced in prior probability (the inverse normal
-    CDF of (i + 0.5) / side), so each covers the same prior mass; z2 grows upwards.
+    They are evenly spaced in prior probability (the inverse normal CDF of
+    (i + 0.5) / side), so each digit covers the same prior mass.
     """
-    values = [statistics.NormalDist().inv_cdf((i + 0.5) / side) for i in range(side)]
+    return [statistics.NormalDist().inv_cdf((i + 0.5) / side) for i in range(side)]
+
+
+def manifold(family, model, values):
+    """Decoded digits of a 2-D model at every (z1, z2) in `values` x `values`, one grid GAP pixels apart;
+    z1 grows rightwards and z2 upwards."""
     z = np.array([(z1, z2) for z2 in reversed(values) for z1 in values], dtype=np.float32)
-    return utils.tile_images(family.decode(model, z), side)
+    return utils.tile_images(family.decode(model, z), len(values), GAP)
+
+
+def manifold_figure(grid, values, title):
+    """The manifold `grid` with axes whose ticks, one per digit, give its z1 and z2, so that a reader can tell
+    where in the latent plane each digit lies.  Each grid pixel is MANIFOLD_ZOOM x MANIFOLD_ZOOM figure pixels."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    height, width = grid.shape
+    margins = MANIFOLD_MARGINS
+    figure_width = width * MANIFOLD_ZOOM + margins["left"] + margins["right"]
+    figure_height = height * MANIFOLD_ZOOM + margins["bottom"] + margins["top"]
+    figure = Figure(figsize=(figure_width / MANIFOLD_DPI, figure_height / MANIFOLD_DPI), dpi=MANIFOLD_DPI)
+    axes = figure.add_axes((margins["left"] / figure_width, margins["bottom"] / figure_height,
+                            width * MANIFOLD_ZOOM / figure_width, height * MANIFOLD_ZOOM / figure_height))
+    # extent: one unit per grid pixel, y = 0 at the bottom, so z2 grows upwards with y.
+    axes.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto",
+                extent=(0, width, 0, height))
+    # The i-th digit from the left, and from the bottom (the grid is square), is centred here.
+    centres = [utils.IMAGE_SIDE / 2 + i * (utils.IMAGE_SIDE + GAP) for i in range(len(values))]
+    labels = [f"{value:.2f}" for value in values]
+    axes.set_xticks(centres, labels, fontsize="small")
+    axes.set_yticks(centres, labels, fontsize="small")
+    axes.set(xlabel="z1", ylabel="z2", title=title)
+    return figure
 
 
 def latent(model_dir, output_path, data_dir=None, limit=None):
     """Plot the test images' posterior means (inference mode) coloured by label; returns the paths written.
 
     More than two latent dimensions are projected on their first two principal
-    components.  A 2-D model also gets its decoded manifold, written next to the
-    plot as <stem>_manifold.png.  `limit` keeps the first test images only.
+    components.  A 2-D model also gets its decoded manifold, with z1 and z2 on its
+    axes, written next to the plot as <stem>_manifold.png.  `limit` keeps the
+    first test images only.
     """
     output_path = png_path(output_path)
     utils.check_writable(output_path)
@@ -153,5 +225,8 @@ def latent(model_dir, output_path, data_dir=None, limit=None):
     if family.latent_dim(model) != 2:
         return [output_path]
     manifold_path = output_path.with_name(f"{output_path.stem}_manifold.png")
-    utils.save_grayscale_png(manifold_path, manifold(family, model))
+    values = manifold_values()
+    title = f"Digits decoded over the latent plane ({describe(config)})"
+    utils.save_figure(manifold_figure(manifold(family, model, values), values, title), manifold_path,
+                      dpi=MANIFOLD_DPI)
     return [output_path, manifold_path]

@@ -25,7 +25,7 @@ import models
 import utils
 from settings.run import RunConfig
 from training import migration
-from training.checkpoint_names import FIRST_COLUMNS, FORMAT, MODEL, OPTIMIZER, STATE
+from training.checkpoint_names import FIRST_COLUMNS, FORMAT, MODEL, OPTIMIZER, PARTIAL, STATE
 from utils import DataError
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -33,6 +33,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 EVALUATION_FILE = "evaluation.json"
+# A model's records, invalid once it is replaced: evaluations and the train scripts' reconstructions.
+RECORDS = (EVALUATION_FILE, "evaluations", "results")
 
 
 def metrics_columns(metric_names):
@@ -45,8 +47,12 @@ def has_model(model_dir):
     return (Path(model_dir) / CHECKPOINT_FILE).exists()
 
 
-def checkpoint_arrays(config, model, optimizer, extra_state, history, elapsed):
-    """The arrays of a checkpoint, each named by what it holds."""
+def checkpoint_arrays(config, model, optimizer, extra_state, history, elapsed, partial=None):
+    """The arrays of a checkpoint, each named by what it holds.
+
+    `partial` holds {metric: per-step values} of a validation interval that an
+    interruption cut short, so that a resumed run completes the interval's row.
+    """
     columns = metrics_columns(models.family(config.model).metric_names())
     arrays = {MODEL + variable.path: variable.numpy() for variable in model.weights}
     arrays.update({OPTIMIZER + variable.path: variable.numpy() for variable in optimizer.variables})
@@ -54,6 +60,7 @@ def checkpoint_arrays(config, model, optimizer, extra_state, history, elapsed):
     arrays["history"] = np.array([[row[column] for column in columns] for row in history],
                                  dtype=np.float64).reshape(-1, len(columns))
     arrays["history_columns"] = np.array(columns)
+    arrays.update({PARTIAL + name: np.asarray(values, np.float32) for name, values in (partial or {}).items()})
     arrays["elapsed"] = np.float64(elapsed)
     arrays["config"] = np.array(config.to_json())
     arrays["format"] = np.int64(FORMAT)
@@ -72,6 +79,16 @@ def history_of(arrays):
     columns = [str(column) for column in arrays["history_columns"]]
     return [{column: (int(value) if column == "step" else float(value)) for column, value in zip(columns, row)}
             for row in arrays["history"].tolist()]
+
+
+def trained_steps(arrays):
+    """The steps a checkpoint's model has trained: the optimizer's iteration count."""
+    return int(arrays[OPTIMIZER + "adam/iteration"])
+
+
+def partial_of(arrays):
+    """{metric: per-step values} of the interval an interruption cut short (empty when none was)."""
+    return {name[len(PARTIAL):]: array for name, array in arrays.items() if name.startswith(PARTIAL)}
 
 
 def metrics_csv(history):
@@ -122,12 +139,14 @@ def read(model_dir):
     if not path.is_file():
         raise DataError(f"{model_dir} holds no model ({CHECKPOINT_FILE} is missing)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        arrays = utils.read_npz(path)  # checks each array's size before reading it, and never loads a pickle
         if "format" not in arrays:
             arrays = migration.from_format_1(arrays)
         if int(arrays["format"]) != FORMAT:
-            raise DataError(f"{path} has format {int(arrays['format'])}; this version reads format {FORMAT}")
+            raise DataError(f"format {int(arrays['format'])}; this version reads format {FORMAT}")
+        missing = [name for name in ("config", "history", "history_columns", "elapsed") if name not in arrays]
+        if missing:
+            raise DataError(f"no {', '.join(missing)} array; retrain, or restore it from a backup")
         config = RunConfig.from_dict(json.loads(str(arrays["config"])))
         history_of(arrays)
         float(arrays["elapsed"])

@@ -3,28 +3,30 @@
 All randomness of a run derives from its seed: initial weights through
 ``keras.utils.set_random_seed``, the order of examples from a NumPy generator
 keyed on (seed, epoch), and every noise draw from a stateless seed keyed on
-(seed, step).  A run therefore resumes exactly where it stopped.
+(seed, step).  A run therefore resumes exactly where it stopped, even from the
+middle of a validation interval.
 """
 
 import dataclasses
-import functools
+import math
+import os
 import shutil
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-import models
-import network
 import utils
-from models.base import optimizer
 from settings.run import RESUMABLE
-from training import checkpoint, data
+from training import checkpoint, data, lock
 from training.events import drop_events_after
 from training.progress import Progress, StopRequest
-from utils import DataError, UsageError
+from training.trainer import Trainer
+from utils import UsageError
+
+CALL_SECONDS = 0.5  # a compiled call runs at most about this long, so that Ctrl-C is honoured within a second
+FIRST_CALL_STEPS = 10  # the first two calls' size; the second's speed sets the size of the rest, a power of 2
 
 
 class TrainingInterrupted(Exception):
@@ -37,91 +39,7 @@ class TrainingInterrupted(Exception):
 
 
 class TrainingDiverged(Exception):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def _stream_seed(seed, stream):
-    return network.fold_in(tf.constant([seed, 0], tf.int64), stream)
-
-
-class Trainer:
-    """A model of any family, its optimizer and the compiled functions that train and validate it.
-
-    `train_interval` runs many steps in one XLA-compiled call, gathering each
-    batch by index from the training images held as one tensor: on a CPU the
-    per-step Python dispatch and the many small kernels of Adam and LWTA cost
-    more than the matrix products.  `jit_compile=False` gives the plain graph,
-    which draws the same random numbers (see :func:`network.uniform`).
-    """
-
-    def __init__(self, config, train_images, validation_images, jit_compile=True):
-        keras.utils.set_random_seed(config.training.seed)
-        self.config = config
-        self.family = models.family(config.model)
-        self.model = self.family.build(config)
-        self.optimizer = optimizer(config.training.learning_rate)
-        self.optimizer.build(self.model.trainable_variables)
-        self.extra_state = self.family.extra_state(self.model)
-        self.train_images = tf.constant(train_images)
-        self.validation_images = tf.constant(validation_images)
-        seed = config.training.seed
-        self.noise_seed = _stream_seed(seed, data.NOISE_STREAM)
-        self.validation_seed = _stream_seed(seed, data.VALIDATION_STREAM)
-        self.binarization_seed = _stream_seed(seed, data.BINARIZATION_STREAM)
-        # Partials, not bound methods: TensorFlow counts traces per method across instances, and several
-        # Trainers that each trace once (compare_learning.py's runs) would draw its "excessive retracing" warning.
-        self.train_interval = tf.function(
-            functools.partial(Trainer._train_interval, self),
-            input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([None, None], tf.int32)],
-            jit_compile=jit_compile,
-        )
-        self.validation_metrics = tf.function(
-            functools.partial(Trainer._validation_metrics, self), input_signature=[tf.TensorSpec([], tf.int64)],
-            jit_compile=jit_compile,
-        )
-
-    def train_step(self, images, step):
-        """One Adam update on `images`; returns the family's metrics of the batch."""
-        if self.config.training.binarize == "dynamic":
-            draw = network.uniform(tf.shape(images), network.fold_in(self.binarization_seed, step))
-            images = tf.cast(draw < images, images.dtype)
-        seed = network.fold_in(self.noise_seed, step)
-        with tf.GradientTape() as tape:
-            objective, metrics = self.family.objective(self.model, self.config, images, seed, step)
-        variables = self.model.trainable_variables
-        self.optimizer.apply(tape.gradient(objective, variables), variables)
-        return metrics
-
-    def _train_interval(self, first_step, indices):
-        """Run one update per row of `indices` inside one compiled call; returns each step's metrics."""
-        count = tf.shape(indices)[0]
-        names = self.family.metric_names()
-        arrays = {name: tf.TensorArray(tf.float32, size=count) for name in names}
-        for offset in tf.range(count):
-            images = tf.gather(self.train_images, indices[offset])
-            metrics = self.train_step(images, first_step + tf.cast(offset, tf.int64))
-            arrays = {name: arrays[name].write(offset, metrics[name]) for name in names}
-        return {name: array.stack() for name, array in arrays.items()}
-
-    def _validation_metrics(self, step):
-        """The family's metrics on the whole validation set, inference mode, noise seeded by `step`."""
-        seed = network.fold_in(self.validation_seed, step)
-        return self.family.validation_metrics(self.model, self.config, self.validation_images, seed)
-
-    def step(self):
-        return int(self.optimizer.iterations.numpy())
-
-    def checkpoint_arrays(self, history, elapsed):
-        return checkpoint.checkpoint_arrays(self.config, self.model, self.optimizer, self.extra_state, history,
-                                            elapsed)
-
-    def restore(self, arrays, model_dir):
-        """Load checkpoint `arrays` into the model, the optimizer and the extra state; returns (history, elapsed)."""
-        what = f"{model_dir}/{checkpoint.CHECKPOINT_FILE} does not match its configuration"
-        checkpoint.assign(checkpoint.by_path(self.model.weights), arrays, checkpoint.MODEL, what)
-        checkpoint.assign(checkpoint.by_path(self.optimizer.variables), arrays, checkpoint.OPTIMIZER, what)
-        checkpoint.assign(self.extra_state, arrays, checkpoint.STATE, what)
-        return checkpoint.history_of(arrays), float(arrays["elapsed"])
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def prepare_model_dir(model_dir, resume, overwrite):
@@ -144,26 +62,45 @@ def train(config, model_dir, overwrite=False, dataset=None, progress=True, label
     `dataset` may be passed to reuse loaded data (figure scripts train several
     models on one copy).  Raises TrainingInterrupted after saving a checkpoint on
     SIGINT/SIGTERM, and TrainingDiverged (keeping the last checkpoint) on a
-    non-finite loss.
+    non-finite loss.  With `overwrite`, the replaced model's records and curves
+    go once the new model has its first checkpoint.
     """
-    prepare_model_dir(model_dir, resume=False, overwrite=overwrite)
+    config = with_absolute_data_dir(config)
     config.validate()
-    dataset = dataset or data.load_data(config)
-    shutil.rmtree(Path(model_dir) / checkpoint.TENSORBOARD_DIR, ignore_errors=True)  # curves of a replaced run
-    return _run(config, Path(model_dir), None, dataset, progress, label)
+    prepare_model_dir(model_dir, resume=False, overwrite=overwrite)
+    with lock.exclusive(model_dir):
+        prepare_model_dir(model_dir, resume=False, overwrite=overwrite)  # again: another run may have finished
+        dataset = dataset or data.load_data(config)
+        return _run(config, Path(model_dir), None, dataset, progress, label)
 
 
 def resume(model_dir, overrides=None, dataset=None, progress=True, label=""):
     """Continue the run saved in `model_dir` from its checkpoint; returns the whole metrics history.
 
     `overrides` holds the settings the user gave: --steps, --checkpoint-interval
-    and --data-dir may change, any other value that differs from the saved run is an error.
+    and --data-dir may change, any other value that differs from the saved run
+    is an error.  A run already at its --steps says so and returns its history.
     """
     prepare_model_dir(model_dir, resume=True, overwrite=False)
-    saved, arrays = checkpoint.read(model_dir)
-    config = resumed_config(saved, overrides or {})
-    config.validate()
-    return _run(config, Path(model_dir), arrays, dataset, progress, label)
+    with lock.exclusive(model_dir):
+        saved, arrays = checkpoint.read(model_dir)
+        config = with_absolute_data_dir(resumed_config(saved, overrides or {}))
+        config.validate()
+        done = checkpoint.trained_steps(arrays)
+        if done > config.training.steps:
+            raise UsageError(f"--steps {config.training.steps} is below the {done} steps {model_dir} has already "
+                             "trained; pass a larger --steps to continue it")
+        if done == config.training.steps:
+            print(f"{model_dir} is already trained to its {done} steps; nothing to do (pass a larger --steps to "
+                  "continue it)", flush=True)
+            return checkpoint.history_of(arrays)
+        return _run(config, Path(model_dir), arrays, dataset, progress, label)
+
+
+def with_absolute_data_dir(config):
+    """`config` with its --data-dir made absolute, so that a resume from another folder finds the data."""
+    data_dir = config.training.data_dir
+    return config.replace(data_dir=os.path.abspath(data_dir)) if data_dir else config
 
 
 def resumed_config(saved, overrides):
@@ -185,58 +122,126 @@ def _first_nonfinite(losses):
     return int(bad[0]) if bad.size else None
 
 
+class _Run:
+    """The state of one training run between compiled calls: the trainer, the history, the time, the curves."""
+
+    def __init__(self, config, model_dir, arrays, dataset, progress, label):
+        self.config, self.model_dir, self.label = config, model_dir, label
+        self.trainer = Trainer(config, data.training_images(config, dataset.train),
+                               data.evaluation_images(config, dataset.validation))
+        self.history, self.elapsed, self.partial = [], 0.0, {}
+        if arrays is not None:
+            self.history, self.elapsed, self.partial = self.trainer.restore(arrays, model_dir)
+            drop_events_after(model_dir / checkpoint.TENSORBOARD_DIR, self.trainer.step())
+        self.replaced = [] if arrays is not None else _replaced_records(model_dir)
+        self.step = self.trainer.step()
+        self.last_checkpoint = self.step
+        self.steps_per_call, self.calls = min(FIRST_CALL_STEPS, self.config.training.validation_interval), 0
+        self.summary_writer = tf.summary.create_file_writer(str(model_dir / checkpoint.TENSORBOARD_DIR))
+        self.display = Progress(config.training.steps, self.step, label) if progress else None
+
+    def save(self):
+        """A checkpoint of the current step; the first of a run that replaces a model clears the old records."""
+        self.summary_writer.flush()  # the curves first: whenever a checkpoint exists, its steps' events are on disk
+        checkpoint.save(self.model_dir, self.trainer.checkpoint_arrays(self.history, self.elapsed, self.partial))
+        self.last_checkpoint = self.step
+        for path in self.replaced:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        self.replaced = []
+
+    def train_calls(self, stop):
+        """Train up to the end of the current validation interval, in calls of about CALL_SECONDS each.
+
+        Returns False when a stop was requested before the interval ended.
+        """
+        settings = self.config.training
+        done_in_interval = len(self.partial.get("loss", ()))
+        end = min(self.step - done_in_interval + settings.validation_interval, settings.steps)
+        while self.step < end:
+            if stop.signal_number:
+                return False
+            count = min(self.steps_per_call, end - self.step)
+            started = time.perf_counter()
+            indices = data.batch_indices(settings.seed, self.step, count, settings.batch_size,
+                                         len(self.trainer.train_images))
+            metrics = self.trainer.train_interval(tf.constant(self.step, tf.int64), tf.constant(indices))
+            metrics = {name: values.numpy() for name, values in metrics.items()}
+            seconds = time.perf_counter() - started
+            self.elapsed += seconds
+            self._check_finite(metrics["loss"], "training", self.step)
+            self.partial = {name: np.concatenate([self.partial.get(name, np.zeros(0, np.float32)), values])
+                            for name, values in metrics.items()}
+            self.step += count
+            self.calls += 1
+            self.show()
+            if self.calls == 2:  # timed once, after the first call's compiling: each new call size compiles anew
+                fitting = CALL_SECONDS * count / max(seconds, 1e-9)
+                self.steps_per_call = 2 ** int(math.log2(max(fitting, 1)))
+        return True
+
+    def validate(self):
+        """Close the interval: validation metrics, a history row, TensorBoard and the progress display."""
+        started = time.perf_counter()
+        validation = {name: float(value) for name, value in
+                      self.trainer.validation_metrics(tf.constant(self.step, tf.int64)).items()}
+        self.elapsed += time.perf_counter() - started
+        self._check_finite(np.array([validation["loss"]]), "validation", self.step - 1)
+        self.history.append(_history_row(self.step, self.partial, validation, self.elapsed))
+        self.partial = {}
+        _log(self.history[-1], self.step)
+        self.show()
+
+    def show(self):
+        """Progress: the training loss of the interval so far (else the last row's) and the last validation loss."""
+        if not self.display:
+            return
+        values = {}
+        if self.partial:
+            values["training loss"] = float(np.mean(self.partial["loss"]))
+        elif self.history:
+            values["training loss"] = self.history[-1]["training_loss"]
+        if self.history:
+            values["validation loss"] = self.history[-1]["validation_loss"]
+        self.display.update(self.step, values)
+
+    def _check_finite(self, losses, what, first_step):
+        bad = _first_nonfinite(losses)
+        if bad is None:
+            return
+        kept = (f"the last good checkpoint (step {self.last_checkpoint}) is kept in {self.model_dir}"
+                if self.last_checkpoint > 0 else "no checkpoint of this run was saved")
+        raise TrainingDiverged(f"the {what} loss became {losses[bad]} at step {first_step + bad + 1}; {kept}. "
+                               "Try a smaller --learning-rate")
+
+
+def _replaced_records(model_dir):
+    """What a replaced model left that the new one must not inherit: its records, results and curves."""
+    model_dir = Path(model_dir)
+    records = [model_dir / name for name in checkpoint.RECORDS if (model_dir / name).exists()]
+    return records + sorted((model_dir / checkpoint.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+
+
 def _run(config, model_dir, arrays, dataset, progress, label):
     """The training loop; `arrays` holds the checkpoint of a resumed run, None for a new one."""
     for name in (checkpoint.CHECKPOINT_FILE, checkpoint.CONFIG_FILE, checkpoint.METRICS_FILE):
         utils.remove_stale_temporaries(model_dir / name)
+    run = _Run(config, model_dir, arrays, dataset or data.load_data(config), progress, label)
     settings = config.training
-    dataset = dataset or data.load_data(config)
-    trainer = Trainer(config, data.training_images(config, dataset.train),
-                      data.evaluation_images(config, dataset.validation))
-    history, elapsed = [], 0.0
-    if arrays is not None:
-        history, elapsed = trainer.restore(arrays, model_dir)
-        drop_events_after(model_dir / checkpoint.TENSORBOARD_DIR, trainer.step())
-    step = trainer.step()
-    summary_writer = tf.summary.create_file_writer(str(model_dir / checkpoint.TENSORBOARD_DIR))
-    display = Progress(settings.steps, step, label, metrics=("training loss", "validation loss")) if progress else None
-    last_checkpoint = step
-
-    def save():
-        summary_writer.flush()  # the curves first: whenever a checkpoint exists, the events of its steps are on disk
-        checkpoint.save(model_dir, trainer.checkpoint_arrays(history, elapsed))
-
-    with StopRequest() as stop, summary_writer.as_default():
-        while step < settings.steps:
-            started = time.perf_counter()
-            count = min(settings.validation_interval, settings.steps - step)
-            indices = data.batch_indices(settings.seed, step, count, settings.batch_size, len(trainer.train_images))
-            metrics = {name: values.numpy() for name, values in
-                       trainer.train_interval(tf.constant(step, tf.int64), tf.constant(indices)).items()}
-            bad = _first_nonfinite(metrics["loss"])
-            if bad is not None:
-                kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {model_dir}"
-                        if last_checkpoint > 0 else "no checkpoint of this run was saved")
-                raise TrainingDiverged(f"the training loss became {metrics['loss'][bad]} at step {step + bad + 1}; "
-                                       f"{kept}. Try a smaller --learning-rate")
-            step += count
-            validation = {name: float(value) for name, value in
-                          trainer.validation_metrics(tf.constant(step, tf.int64)).items()}
-            elapsed += time.perf_counter() - started
-            history.append(_history_row(step, metrics, validation, elapsed))
-            _log(history[-1], step)
-            if display:
-                display.update(step, {"training loss": history[-1]["training_loss"],
-                                      "validation loss": history[-1]["validation_loss"]})
-            if step // settings.checkpoint_interval > last_checkpoint // settings.checkpoint_interval or stop.signal_number:
-                save()
-                last_checkpoint = step
-            if stop.signal_number:
-                raise TrainingInterrupted(step, model_dir, stop.signal_number)
-    if last_checkpoint != step or not checkpoint.has_model(model_dir):
-        save()
-    summary_writer.close()
-    return history
+    with StopRequest() as stop, run.summary_writer.as_default():
+        while run.step < settings.steps:
+            if not run.train_calls(stop):
+                run.save()
+                raise TrainingInterrupted(run.step, model_dir, stop.signal_number)
+            run.validate()
+            if run.step // settings.checkpoint_interval > run.last_checkpoint // settings.checkpoint_interval:
+                run.save()
+            if stop.signal_number and run.step < settings.steps:
+                run.save()
+                raise TrainingInterrupted(run.step, model_dir, stop.signal_number)
+        if run.last_checkpoint != run.step or not checkpoint.has_model(model_dir):
+            run.save()
+    run.summary_writer.close()
+    return run.history
 
 
 def _history_row(step, metrics, validation, elapsed):

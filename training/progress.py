@@ -4,8 +4,6 @@ import signal
 import sys
 import time
 
-import keras
-
 
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag that a loop checks between its compiled calls."""
@@ -26,30 +24,52 @@ class StopRequest:
 
 
 class Progress:
-    """A Keras progress bar on a terminal, a line every tenth of the work otherwise.
+    """Progress of `total` units (steps, images): a line redrawn in place on a terminal, else a line every tenth.
 
-    Counts `unit`s (steps, images) up to `total`; what is shown holds the named
-    `metrics` and the rate since the previous display.
+    The first update comes after the first compiled call; rates and the ETA
+    count from there, so they leave out the compiling, and the units per second
+    and milliseconds per unit shown are the same measurement.
     """
 
-    def __init__(self, total, done=0, label="", unit="step", metrics=()):
+    def __init__(self, total, done=0, label="", unit="step", stream=None):
         self.total, self.label, self.unit = total, label, unit
-        self.rate_name = f"{unit}s/s"
-        self.bar = (keras.utils.Progbar(total, stateful_metrics=[*metrics, self.rate_name], unit_name=unit)
-                    if sys.stdout.isatty() else None)
-        self.next_line = done
-        self.last_time, self.last_done = time.perf_counter(), done
+        self.stream = stream or sys.stdout
+        self.terminal = self.stream.isatty()
+        self.origin = None  # (time, done) of the first update
+        self.next_line, self.last_drawn = done, 0.0
 
     def update(self, done, values):
-        """Show `done` units and `values`, a {metric name: number} dictionary, if it is time to."""
-        if self.bar is None and done < self.next_line and done != self.total:
-            return
+        """Show `done` units and `values`, a {name: number} dictionary, if it is time to."""
         now = time.perf_counter()
-        rate = (done - self.last_done) / max(now - self.last_time, 1e-9)
-        self.last_time, self.last_done = now, done
-        if self.bar is not None:
-            self.bar.update(done, [*values.items(), (self.rate_name, rate)])
-        else:
-            shown = "".join(f"  {name} {value:.3f}" for name, value in values.items())
-            print(f"{self.label}{self.unit} {done}/{self.total}{shown}  {rate:.0f} {self.rate_name}", flush=True)
+        first = self.origin is None
+        if first:
+            self.origin = (now, done)
+        finished = done >= self.total
+        if self.terminal:
+            if finished or first or now - self.last_drawn >= 0.1:
+                self.last_drawn = now
+                self.stream.write("\r\x1b[K" + self.describe(done, values, now) + ("\n" if finished else ""))
+                self.stream.flush()
+        elif first or finished or done >= self.next_line:
+            print(self.describe(done, values, now), file=self.stream, flush=True)
             self.next_line = done + max(1, self.total // 10)
+
+    def describe(self, done, values, now):
+        shown = "".join(f"  {name} {value:.3f}" for name, value in values.items())
+        started, started_done = self.origin
+        if done == started_done or now <= started:
+            return f"{self.label}{self.unit} {done}/{self.total}{shown}"
+        rate = (done - started_done) / (now - started)
+        remaining = (self.total - done) / rate
+        return (f"{self.label}{self.unit} {done}/{self.total}{shown}  {rate:.1f} {self.unit}s/s "
+                f"({1000 / rate:.2f} ms/{self.unit})  ETA {_duration(remaining)}")
+
+
+def _duration(seconds):
+    """4 s, 3 min 20 s, 2 h 05 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

@@ -1,0 +1,144 @@
+"""The shared training loop under interruption, concurrency and divergence, run as a user would, in subprocesses."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import func
+
+from conftest import assert_clean_failure, command, run_cli, tiny_config
+from training import checkpoint
+from training.trainer import Trainer
+
+SMALL = ["--train-examples", "300", "--validation-examples", "50", "--hidden-units", "40", "--latent-dim", "10",
+         "--layer-structure", "lwta"]
+
+
+def arrays(model_dir):
+    with np.load(Path(model_dir) / checkpoint.CHECKPOINT_FILE) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def start(model_dir, *flags):
+    return subprocess.Popen(command("train", *SMALL, "--model-path", model_dir, *flags), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def wait_for_step(model_dir, process, timeout=120):
+    """Wait until the run's TensorBoard curves show a first validation: training is under way, compiled."""
+    deadline = time.monotonic() + timeout
+    while not any(Path(model_dir, checkpoint.TENSORBOARD_DIR).glob("events.out.tfevents.*")) or process.poll():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+
+
+def test_ctrl_c_stops_within_seconds_mid_interval_and_the_resume_is_exact(tmp_path):
+    """One validation interval of 100,000 steps (minutes of work), interrupted: the run stops at once, inside the
+    interval, and resumed to step k + 300 it equals a run of k + 300 steps that was never interrupted."""
+    flags = ["--validation-interval", "100000", "--checkpoint-interval", "100000"]
+    interrupted = tmp_path / "interrupted"
+    process = start(interrupted, "--steps", "100000", *flags)
+    first_line = process.stdout.readline()  # progress, shown after the first compiled call
+    assert first_line.startswith("step "), first_line
+    time.sleep(1)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - sent < 10, "Ctrl-C waited for the interval to end"
+    assert process.returncode == 130 and "interrupted at step" in stderr, stderr
+    steps = str(int(arrays(interrupted)["optimizer/adam/iteration"]) + 300)
+    assert run_cli("train", "--model-path", interrupted, "--resume", "--steps", steps).returncode == 0
+    straight = tmp_path / "straight"
+    assert run_cli("train", *SMALL, "--model-path", straight, "--steps", steps, *flags).returncode == 0
+    expected, resumed = arrays(straight), arrays(interrupted)
+    assert set(expected) == set(resumed)
+    for name in expected:
+        if name not in ("elapsed", "history", "config"):
+            np.testing.assert_array_equal(expected[name], resumed[name], err_msg=name)
+    np.testing.assert_array_equal(np.delete(expected["history"], 3, 1), np.delete(resumed["history"], 3, 1))
+
+
+def test_a_second_writer_is_refused_naming_the_first_and_a_killed_holder_leaves_no_lock(tmp_path):
+    model_dir = tmp_path / "model"
+    first = start(model_dir, "--steps", "100000", "--checkpoint-interval", "100000")  # no checkpoint for a while
+    try:
+        wait_for_step(model_dir, first)
+        second = run_cli("train", *SMALL, "--model-path", model_dir, "--steps", "20")
+        assert_clean_failure(second, 1, f"process {first.pid}")
+        evaluate = run_cli("evaluate", "--model-path", model_dir, "--limit", "1", "--importance-samples", "2")
+        assert evaluate.returncode != 0 or "in use" not in evaluate.stderr  # readers are not locked out
+    finally:
+        first.kill()
+        first.wait()
+    takeover = run_cli("train", *SMALL, "--model-path", model_dir, "--steps", "20", "--overwrite")
+    assert takeover.returncode == 0, takeover.stderr
+
+
+def test_a_non_finite_validation_loss_stops_the_run_and_the_kept_checkpoint_is_finite(tmp_path, monkeypatch):
+    """A fault injected into validation: from step 30 on the validation loss is infinite, training stays finite."""
+    validation_metrics = Trainer._validation_metrics
+
+    def infinite_from_step_30(self, step):
+        metrics = validation_metrics(self, step)
+        return {**metrics, "loss": metrics["loss"] + tf.where(step >= 30, np.inf, 0.0)}
+
+    monkeypatch.setattr(Trainer, "_validation_metrics", infinite_from_step_30)
+    model_dir = tmp_path / "model"
+    with pytest.raises(func.TrainingDiverged, match="validation loss became inf at step 30"):
+        func.train(tiny_config(checkpoint_interval=10, steps=50), model_dir, progress=False)
+    kept = arrays(model_dir)
+    assert int(kept["optimizer/adam/iteration"]) == 20
+    assert kept["history"][:, 0].tolist() == [10, 20] and np.isfinite(kept["history"]).all()
+
+
+def test_resume_with_nothing_left_to_do_says_so_and_a_smaller_steps_is_an_error(tmp_path):
+    model_dir = tmp_path / "model"
+    assert run_cli("train", *SMALL, "--model-path", model_dir, "--steps", "20").returncode == 0
+    before = (model_dir / checkpoint.CHECKPOINT_FILE).read_bytes()
+    again = run_cli("train", "--model-path", model_dir, "--resume")
+    assert again.returncode == 0 and "nothing to do" in again.stdout and "saved" not in again.stdout
+    assert_clean_failure(run_cli("train", "--model-path", model_dir, "--resume", "--steps", "10"), 2,
+                         "--steps 10 is below the 20 steps")
+    assert (model_dir / checkpoint.CHECKPOINT_FILE).read_bytes() == before
+
+
+def test_overwrite_clears_the_old_models_records_once_the_new_one_has_a_checkpoint(tmp_path):
+    model_dir = tmp_path / "model"
+    assert run_cli("train", *SMALL, "--model-path", model_dir, "--steps", "20").returncode == 0
+    (model_dir / checkpoint.EVALUATION_FILE).write_text("{}")
+    (model_dir / "results").mkdir()
+    old_events = sorted((model_dir / checkpoint.TENSORBOARD_DIR).iterdir())
+    refused = run_cli("train", *SMALL, "--model-path", model_dir, "--steps", "20", "--latent-dim", "7")
+    assert refused.returncode == 2 and (model_dir / checkpoint.EVALUATION_FILE).exists()
+    assert run_cli("train", *SMALL, "--model-path", model_dir, "--steps", "20", "--overwrite").returncode == 0
+    assert not (model_dir / checkpoint.EVALUATION_FILE).exists() and not (model_dir / "results").exists()
+    assert not any(path.exists() for path in old_events)
+    assert len(list((model_dir / checkpoint.TENSORBOARD_DIR).iterdir())) == 1
+
+
+def test_a_relative_data_dir_is_stored_absolute(tmp_path):
+    data = Path(os.environ["MNIST_DATA_DIR"]).resolve()
+    shutil.copytree(data, tmp_path / "mnist")
+    result = run_cli("train", *SMALL, "--model-path", "model", "--steps", "10", "--data-dir", "mnist", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "model" / checkpoint.CONFIG_FILE).read_text())
+    assert saved["training"]["data_dir"] == str(tmp_path / "mnist")
+    elsewhere = run_cli("train", "--model-path", tmp_path / "model", "--resume", "--steps", "20")
+    assert elsewhere.returncode == 0, elsewhere.stderr
