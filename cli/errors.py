@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 
@@ -20,6 +21,8 @@ def quiet_stderr():
         os.dup2(captured.fileno(), 2)
         try:
             yield
+        except KeyboardInterrupt:
+            raise  # Ctrl-C during start-up: one line, not TensorFlow's banner
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -42,6 +45,14 @@ def import_func():
     return func
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that every writer removes its temporary files on the way out."""
+
+
+def _terminate(number, frame):
+    raise Terminated()
+
+
 def report_errors(prog, action, debug=False):
     """Call action() and return its exit status: 0, or the status of a user mistake reported in one line on stderr.
 
@@ -50,6 +61,7 @@ def report_errors(prog, action, debug=False):
     Imports func.py first, for action() and for its exceptions.
     """
     debug = debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         func = import_func()
     except KeyboardInterrupt as error:
@@ -62,6 +74,9 @@ def report_errors(prog, action, debug=False):
         return _fail(prog, error, 1, debug)
     except func.TrainingInterrupted as error:
         return _fail(prog, error, error.exit_status, debug)
+    except Terminated as error:
+        message = KeyboardInterrupt("terminated by SIGTERM (every file is written whole or not at all)")
+        return _fail(prog, message, 128 + signal.SIGTERM, debug, error)
     except KeyboardInterrupt as error:
         message = KeyboardInterrupt("interrupted by Ctrl-C (every file is written whole or not at all)")
         return _fail(prog, message, 130, debug, error)

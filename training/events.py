@@ -10,12 +10,18 @@ import utils
 
 def drop_events_after(folder, step):
     """Remove the TensorBoard events past `step` from `folder`, so that a run resumed at `step` does not draw
-    the steps that its killed or diverged predecessor logged after its last checkpoint a second time."""
-    for path in Path(folder).glob("events.out.tfevents.*"):
+    the steps that its killed or diverged predecessor logged after its last checkpoint a second time.
+
+    The rewritten files' temporaries lie in the folder above, which TensorBoard does not read.
+    """
+    folder = Path(folder)
+    for path in folder.glob("events.out.tfevents.*"):
+        utils.remove_stale_temporaries(folder.parent / path.name)
+        utils.remove_stale_temporaries(path)  # where earlier versions put them
         records, complete = _read_records(path)
         kept = [record for record in records if tf.compat.v1.Event.FromString(record).step <= step]
         if len(kept) < len(records) or not complete:
-            utils.atomic_write(path, functools.partial(_write_records, kept))
+            utils.atomic_write(path, functools.partial(_write_records, kept), temporary_folder=folder.parent)
 
 
 def _read_records(path):

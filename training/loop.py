@@ -23,7 +23,7 @@ from training import checkpoint, data, lock
 from training.events import drop_events_after
 from training.progress import Progress, StopRequest
 from training.trainer import Trainer
-from utils import UsageError
+from utils import DataError, UsageError
 
 CALL_SECONDS = 0.5  # a compiled call runs at most about this long, so that Ctrl-C is honoured within a second
 FIRST_CALL_STEPS = 10  # the first two calls' size; the second's speed sets the size of the rest, a power of 2
@@ -47,8 +47,14 @@ def prepare_model_dir(model_dir, resume, overwrite):
     model_dir = Path(model_dir)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    if model_dir.is_symlink() and not model_dir.exists():
+        raise UsageError(f"--model-path {model_dir} is a symbolic link to {os.readlink(model_dir)}, which does not "
+                         "exist")
     if model_dir.exists() and not model_dir.is_dir():
         raise UsageError(f"--model-path {model_dir} is a file; it must name a directory")
+    board = model_dir / checkpoint.TENSORBOARD_DIR
+    if board.exists() and not board.is_dir():
+        raise DataError(f"{board} is a file, but TensorBoard's curves go into a folder of that name; move it away")
     if resume and not checkpoint.has_model(model_dir):
         raise UsageError(f"--resume: {model_dir} holds no checkpoint to resume from")
     if checkpoint.has_model(model_dir) and not resume and not overwrite:
