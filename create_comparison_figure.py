@@ -6,8 +6,11 @@
 Rows, top to bottom: the originals, then the default, deterministic-LWTA and
 probabilistic-LWTA reconstructions, read from <models-dir>/<name>/results/mnist_<i>.png.
 A model without results is trained first with its train_*.py settings, in this process.
+Each saved model's settings are printed; one trained with other settings than its
+train_*.py script's defaults, or short of its steps, is refused (exit status 2).
 """
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -50,6 +53,7 @@ def create(args):
     if args.labelled and Path(args.output).suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
         raise UsageError(f"--output {args.output}: with --labelled its suffix names the format, e.g. .png, .pdf or .svg")
     func = import_func()
+    check_models(args.models_dir)
     dataset = func.load_data(func.configure(), args.data_dir)
     rows = [dataset.validation.images[:RECONSTRUCTED_DIGITS]]
     for name in EXPERIMENTS:
@@ -61,6 +65,62 @@ def create(args):
     else:
         utils.save_grayscale_png(args.output, grid)
     print(f"wrote {args.output}")
+
+
+def check_models(models_dir):
+    """Print the settings of each of the three models that exists; UsageError for the first one trained with
+    settings other than its train_*.py script's defaults, or stopped short of its steps."""
+    from experiments import runs
+    from training import checkpoint
+
+    problems = []
+    for name in EXPERIMENTS:
+        model_dir = Path(models_dir) / name
+        if not checkpoint.has_model(model_dir):
+            continue
+        config, arrays = checkpoint.read(model_dir)
+        trained = checkpoint.trained_steps(arrays)
+        saved = compared_settings(config)
+        print(f"{model_dir}: {', '.join(f'{flag} {text(value)}' for flag, value in saved.items())}, trained "
+              f"{trained} steps", flush=True)
+        expected = compared_settings(runs.experiment_config(name))
+        problems.append(model_problem(name, models_dir, saved, trained, expected))
+    problems = [problem for problem in problems if problem]
+    if problems:
+        raise UsageError(problems[0])
+
+
+def compared_settings(config):
+    """{flag: value} of the settings that must agree for the figure to compare like with like."""
+    training = config.training
+    return {"--layer-structure": config.model_config.layer_structure, "--steps": training.steps,
+            "--learning-rate": training.learning_rate, "--batch-size": training.batch_size, "--seed": training.seed,
+            "--train-examples": training.train_examples, "--validation-examples": training.validation_examples}
+
+
+def text(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def model_problem(name, models_dir, saved, trained, expected):
+    """Why the model `name` cannot go into the figure (one line), or None."""
+    model_dir = Path(models_dir) / name
+    script = EXPERIMENTS[name].script
+    command = f"python {script}"
+    if str(models_dir) != MODELS_DIR:
+        command += f" --output-dir {shlex.quote(str(models_dir))}"
+    differing = [flag for flag in expected if saved[flag] != expected[flag]]
+    if differing:
+        given = ", ".join(f"{flag} {text(saved[flag])} instead of {text(expected[flag])}" for flag in differing)
+        fix = f"retrain it with {command} --overwrite"
+        if differing == ["--steps"] and saved["--steps"] < expected["--steps"]:
+            fix += f", or continue it with {command} --resume --steps {expected['--steps']}"
+        return (f"{model_dir} was trained with other settings than {script}'s: {given}; the figure compares the "
+                f"three models at those settings only: {fix}")
+    if trained < saved["--steps"]:
+        return (f"{model_dir} is incomplete: trained {trained} of its {saved['--steps']} steps; continue it with "
+                f"{command} --resume")
+    return None
 
 
 def ensure_results(name, models_dir, dataset, data_dir):

@@ -104,7 +104,7 @@ def run_train(args):
         model_path = args.model_path or func.default_model_path(config)
         history = func.train(config, model_path, overwrite=args.overwrite)
     last = history[-1]
-    print(f"saved {model_path} at step {last['step']}: training loss {last['training_loss']:.3f}, validation loss "
+    print(f"{model_path} at step {last['step']}: training loss {last['training_loss']:.3f}, validation loss "
           f"{last['validation_loss']:.3f} nats per image, {last['elapsed_seconds']:.1f} s of training")
 
 
@@ -118,7 +118,7 @@ def run_reconstruct(args):
     chosen = options(ReconstructOptions, args)
     path = import_func().reconstruct(args.model_path, args.output_path, index=chosen.mnist_index, grid=chosen.grid,
                                      sample=chosen.sample, layer_structure=chosen.layer_structure, seed=chosen.seed,
-                                     data_dir=args.data_dir)
+                                     scale=chosen.scale, data_dir=args.data_dir)
     print(f"wrote {path}")
 
 
@@ -140,14 +140,16 @@ def run_evaluate(args):
     chosen = options(EvaluateOptions, args)
     func = import_func()
     results = func.evaluate(args.model_path, split=chosen.split, importance_samples=chosen.importance_samples,
-                            chunk_size=chosen.chunk_size, seed=chosen.seed, data_dir=args.data_dir, limit=chosen.limit)
-    print(evaluation_table(results))
-    print(f"wrote {os.path.join(args.model_path, func.EVALUATION_FILE)}")
+                            chunk_size=chosen.chunk_size, seed=chosen.seed, data_dir=args.data_dir, limit=chosen.limit,
+                            report=lambda results: print(evaluation_table(results), flush=True))
+    print(f"wrote {results['path']}")
 
 
 def run_sample(args):
     chosen = options(SampleOptions, args)
-    print(f"wrote {import_func().sample(args.model_path, args.output_path, count=chosen.count, seed=chosen.seed)}")
+    path = import_func().sample(args.model_path, args.output_path, count=chosen.count, seed=chosen.seed,
+                                scale=chosen.scale)
+    print(f"wrote {path}")
 
 
 def run_latent(args):

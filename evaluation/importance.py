@@ -7,6 +7,7 @@ family provides the encoder and log p(x|z) (models.base.ImportanceModel).
 import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,10 @@ import utils
 from evaluation import DEFAULT_CHUNK_SIZE, DEFAULT_IMPORTANCE_SAMPLES, MAX_CHUNK_IMAGES
 from training import checkpoint, data
 from training.progress import Progress
-from utils import UsageError
+from utils import DataError, UsageError
+
+DEFAULT_SEED = 1  # of the importance samples
+EVALUATIONS_DIR = "evaluations"  # under a model's folder: the records of partial or non-default evaluations
 
 
 
@@ -133,7 +137,7 @@ def importance_weighted_bounds(encode, log_likelihood, images, importance_sample
     encode_chunk = tf.function(encode)
     weigh = tf.function(functools.partial(chunk_weights, log_likelihood, importance_samples, chunk_samples, seed))
     log_sum, log_likelihood_sum, kl = np.zeros(count), np.zeros(count), np.zeros(count)
-    display = Progress(count, unit="image", metrics=("-log p(x)",)) if progress else None
+    display = Progress(count, unit="image") if progress else None
     for start in range(0, count, chunk_images):
         stop = min(start + chunk_images, count)
         x = pad(images[start:stop], chunk_images)
@@ -155,12 +159,23 @@ def mean_and_standard_error(values):
 
 
 def evaluate(model_dir, split="test", importance_samples=DEFAULT_IMPORTANCE_SAMPLES, chunk_size=DEFAULT_CHUNK_SIZE,
-             seed=1, data_dir=None, limit=None, progress=True):
+             seed=DEFAULT_SEED, data_dir=None, limit=None, progress=True, report=None):
     """-log p(x) (importance-weighted) and the negative ELBO of a saved model, per image in nats, inference mode.
 
     Evaluates the first `limit` images (default all) of the validation or test
-    split and writes the settings, the means with their standard errors across
-    images and the seconds taken to model_dir/evaluation.json; returns that dictionary.
+    split and records the settings (with ``trained_steps``, the steps the model
+    has actually trained, next to the configured ones in ``model``), the means
+    with their standard errors across images and the seconds taken.  Only a
+    full default evaluation, every test image with K = DEFAULT_IMPORTANCE_SAMPLES
+    and seed DEFAULT_SEED, goes to model_dir/evaluation.json; any other (a
+    --limit below the split's size, the validation split, another K or seed)
+    goes to model_dir/evaluations/<split>_k<K>_seed<S>_images<N>.json (see
+    :func:`record_path`; the chunk size does not change the numbers).  Non-finite
+    numbers (NaN weights) are written as null, with a warning on stderr.
+    `report(results)`, when given, is called before the file is written (the
+    command line prints its table there), so that a failed write loses no
+    numbers.  Returns the results, NaN kept as float, with ``path``, the file
+    written, added.
     """
     if split not in ("validation", "test"):
         raise UsageError(f"--split must be validation or test, got {split!r}")
@@ -168,25 +183,65 @@ def evaluate(model_dir, split="test", importance_samples=DEFAULT_IMPORTANCE_SAMP
         if value < 1:
             raise UsageError(f"--{name} must be at least 1, got {value}")
     model, config = checkpoint.load_model(model_dir)
+    trained_steps = checkpoint.trained_steps(checkpoint.read(model_dir)[1])
     family = models.family(config.model)
-    path = Path(model_dir) / checkpoint.EVALUATION_FILE
+    all_images = data.evaluation_images(config, data.load_data(config, data_dir).split(split))
+    images = first_rows(all_images, limit)
+    path = record_path(model_dir, split, importance_samples, seed, len(images), len(images) == len(all_images))
     utils.check_writable(path)
-    images = first_rows(data.evaluation_images(config, data.load_data(config, data_dir).split(split)), limit)
     importance_model = family.importance_model(model, config)
     started = time.perf_counter()
-    log_likelihood, reconstruction, kl = importance_weighted_bounds(
-        importance_model.encode, importance_model.log_likelihood, images, importance_samples, chunk_size, seed,
-        progress)
+    with np.errstate(invalid="ignore"):  # NaN weights give NaN numbers, reported once below, not per operation
+        log_likelihood, reconstruction, kl = importance_weighted_bounds(
+            importance_model.encode, importance_model.log_likelihood, images, importance_samples, chunk_size, seed,
+            progress)
     per_image = {"negative_log_likelihood": -log_likelihood, "negative_elbo": reconstruction + kl,
                  "reconstruction": reconstruction, "kl": kl}
     results = {
         "settings": {"split": split, "importance_samples": importance_samples, "chunk_size": chunk_size,
-                     "seed": seed, "images": len(images), "model": config.to_dict()},
+                     "seed": seed, "images": len(images), "trained_steps": trained_steps,
+                     "model": config.to_dict()},
         "nats_per_image": {name: mean_and_standard_error(values) for name, values in per_image.items()},
         "seconds": time.perf_counter() - started,
     }
-    utils.atomic_write_text(path, json.dumps(results, indent=2) + "\n")
-    return results
+    not_finite = []
+    text = json.dumps(finite_or_none(results, not_finite), indent=2, allow_nan=False) + "\n"
+    if report:
+        report(results)
+    if not_finite:
+        print(f"warning: {', '.join(not_finite)} are not finite (NaN weights?); written as null in {path}",
+              file=sys.stderr, flush=True)
+    try:
+        utils.atomic_write_text(path, text)
+    except OSError as error:  # a full disk, or the file's place taken by a folder
+        raise DataError(f"cannot write {path}: {error.strerror or error}") from None
+    return {**results, "path": str(path)}
+
+
+def record_path(model_dir, split, importance_samples, seed, images, complete):
+    """Where evaluate records its results: model_dir/evaluation.json for a full default evaluation (all
+    test images, `complete`, with K = DEFAULT_IMPORTANCE_SAMPLES and seed DEFAULT_SEED), else
+    model_dir/evaluations/<split>_k<K>_seed<S>_images<N>.json, so that no partial or differently
+    configured run replaces the headline record."""
+    if split == "test" and importance_samples == DEFAULT_IMPORTANCE_SAMPLES and seed == DEFAULT_SEED and complete:
+        return Path(model_dir) / checkpoint.EVALUATION_FILE
+    return Path(model_dir) / EVALUATIONS_DIR / f"{split}_k{importance_samples}_seed{seed}_images{images}.json"
+
+
+def finite_or_none(value, not_finite, name=""):
+    """`value` (nested dicts and lists of numbers) with each NaN or infinity replaced by None; the names of
+    the dictionaries holding them (e.g. nats_per_image.kl) are appended to `not_finite`, once each."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item, not_finite, f"{name}.{key}" if name else str(key))
+                for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item, not_finite, name) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        owner = name.rpartition(".")[0] or name
+        if owner not in not_finite:
+            not_finite.append(owner)
+        return None
+    return value
 
 
 def first_rows(array, limit):

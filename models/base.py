@@ -49,6 +49,10 @@ class Family:
         """The names of the metrics, "loss" first."""
         return ("loss",)
 
+    def validation_only_metrics(self):
+        """Names of metrics that :meth:`validation_metrics` adds to those of :meth:`metric_names`."""
+        return ()
+
     def extra_state(self, model):
         """{name: tf.Variable} of training state beyond the weights and the optimizer, saved in checkpoints."""
         return {}

@@ -37,10 +37,12 @@ EVALUATION_FILE = "evaluation.json"
 RECORDS = (EVALUATION_FILE, "evaluations", "results")
 
 
-def metrics_columns(metric_names):
-    """The metrics history's columns: FIRST_COLUMNS, then the training and validation parts of the loss."""
-    parts = [name for name in metric_names if name != "loss"]
-    return FIRST_COLUMNS + tuple(f"{split}_{name}" for split in ("training", "validation") for name in parts)
+def metrics_columns(family):
+    """The metrics history's columns: FIRST_COLUMNS, the training and validation parts of the loss, then the
+    family's validation-only metrics."""
+    parts = [name for name in family.metric_names() if name != "loss"]
+    return (FIRST_COLUMNS + tuple(f"{split}_{name}" for split in ("training", "validation") for name in parts)
+            + tuple(f"validation_{name}" for name in family.validation_only_metrics()))
 
 
 def has_model(model_dir):
@@ -53,7 +55,7 @@ def checkpoint_arrays(config, model, optimizer, extra_state, history, elapsed, p
     `partial` holds {metric: per-step values} of a validation interval that an
     interruption cut short, so that a resumed run completes the interval's row.
     """
-    columns = metrics_columns(models.family(config.model).metric_names())
+    columns = metrics_columns(models.family(config.model))
     arrays = {MODEL + variable.path: variable.numpy() for variable in model.weights}
     arrays.update({OPTIMIZER + variable.path: variable.numpy() for variable in optimizer.variables})
     arrays.update({STATE + name: variable.numpy() for name, variable in extra_state.items()})

@@ -18,7 +18,8 @@ from training.checkpoint_names import FIRST_COLUMNS, FORMAT, MODEL, OPTIMIZER
 LAYERS = ("encoder_hidden", "mean", "log_variance", "decoder_hidden", "decoder_output")
 WEIGHTS = [f"{layer}/{kind}" for layer in LAYERS for kind in ("kernel", "bias")]
 # The VAE's metrics history today (training.checkpoint.metrics_columns of its metrics).
-COLUMNS = FIRST_COLUMNS + ("training_reconstruction", "training_kl", "validation_reconstruction", "validation_kl")
+COLUMNS = FIRST_COLUMNS + ("training_reconstruction", "training_kl", "validation_reconstruction", "validation_kl",
+                           "validation_active_units")
 
 
 def from_format_1(arrays):

@@ -56,6 +56,12 @@ def decoder_log_likelihood(model, loss):
     return log_likelihood
 
 
+def active_units(mean, threshold=0.01):
+    """Latent units whose posterior mean varies across `mean`'s images with variance above `threshold`
+    (Burda et al. 2015): the units the model uses."""
+    return tf.reduce_sum(tf.cast(tf.math.reduce_variance(mean, axis=0) > threshold, tf.float32))
+
+
 class VAEFamily(Family):
     name = "vae"
     commands = COMMANDS
@@ -66,21 +72,24 @@ class VAEFamily(Family):
     def metric_names(self):
         return ("loss", "reconstruction", "kl")
 
+    def validation_only_metrics(self):
+        return ("active_units",)
+
     def _metrics(self, model, config, images, seed, training):
         mean, log_variance, logits = model.forward(images, training=training, seed=seed)
         _, reconstruction, kl = utils.negative_elbo(images, mean, log_variance, logits, config.model_config.loss)
-        return reconstruction, kl
+        return reconstruction, kl, mean
 
     def objective(self, model, config, images, seed, step):
-        reconstruction, kl = self._metrics(model, config, images, seed, training=True)
+        reconstruction, kl, _ = self._metrics(model, config, images, seed, training=True)
         objective = tf.reduce_mean(reconstruction + kl_weight(config, step) * kl)
         return objective, {"loss": tf.reduce_mean(reconstruction + kl),
                            "reconstruction": tf.reduce_mean(reconstruction), "kl": tf.reduce_mean(kl)}
 
     def validation_metrics(self, model, config, images, seed):
-        reconstruction, kl = self._metrics(model, config, images, seed, training=False)
+        reconstruction, kl, mean = self._metrics(model, config, images, seed, training=False)
         return {"loss": tf.reduce_mean(reconstruction + kl), "reconstruction": tf.reduce_mean(reconstruction),
-                "kl": tf.reduce_mean(kl)}
+                "kl": tf.reduce_mean(kl), "active_units": active_units(mean)}
 
     def reconstruct(self, model, images, sample=False, seed=1):
         mean, log_variance = model.encode(images, training=False)
