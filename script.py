@@ -12,7 +12,6 @@ Every user mistake ends with one line on stderr and a non-zero exit status
 """
 
 import argparse
-import os
 import sys
 
 from cli.errors import DEBUG_VARIABLE, import_func, report_errors

@@ -179,7 +179,8 @@ class _Run:
                             for name, values in metrics.items()}
             self.step += count
             self.calls += 1
-            self.show()
+            if self.step < end:  # validate() shows the interval's end
+                self.show()
             if self.calls == 2:  # timed once, after the first call's compiling: each new call size compiles anew
                 fitting = CALL_SECONDS * count / max(seconds, 1e-9)
                 self.steps_per_call = 2 ** int(math.log2(max(fitting, 1)))
