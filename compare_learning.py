@@ -2,6 +2,7 @@
 
     python compare_learning.py               # 6 runs of 5,000 steps -> compare_learning.png, .pdf and .csv
     python compare_learning.py --from-csv    # redraw the figure from compare_learning.csv, no training
+    python compare_learning.py --resume      # continue an interrupted run
 
 Every run uses batch 100 and records the validation loss (negative ELBO on the
 whole validation set, inference mode) every 10 steps, on one copy of the data.
@@ -11,7 +12,9 @@ README's description, followed here, came from the sibling autoencoder.)
 
 import argparse
 import csv
+import dataclasses
 import io
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,7 +65,12 @@ def build_parser():
          help="writes <prefix>.png, <prefix>.pdf and <prefix>.csv (default: %(default)s)")
     flag("--models-dir", default="saved_models",
          help="the models go to <models-dir>/compare_learning/lr<rate>/<name> (default: %(default)s)")
-    flag("--from-csv", action="store_true", help="redraw the figure from <prefix>.csv without training (default: train)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--from-csv", action="store_true",
+                      help="redraw the figure from <prefix>.csv without training (default: train)")
+    mode.add_argument("--resume", action="store_true",
+                      help="continue an interrupted run: finished models are reused, an unfinished one is resumed, "
+                           "the rest are trained (default: train every model anew)")
     add_debug_flag(parser)
     return parser
 
@@ -99,13 +107,28 @@ def train_all(args, csv_path):
         config.validate()  # before any run, not after an hour of training
     dataset = func.load_data(base)
     curves = {}
-    for number, (rate, name, config) in enumerate(runs, 1):
-        label = f"[{number}/{len(runs)} {name} lr={rate:g}] "
-        model_dir = Path(args.models_dir) / "compare_learning" / f"lr{rate:g}" / name
-        print(f"{label}{args.steps} steps, batch {BATCH_SIZE} -> {model_dir}", flush=True)
-        curves[rate, config.model_config.layer_structure] = func.train(config, model_dir, overwrite=True, dataset=dataset, label=label)
-        write_csv(csv_path, curves)
+    try:
+        for number, (rate, name, config) in enumerate(runs, 1):
+            label = f"[{number}/{len(runs)} {name} lr={rate:g}] "
+            model_dir = Path(args.models_dir) / "compare_learning" / f"lr{rate:g}" / name
+            print(f"{label}{args.steps} steps, batch {BATCH_SIZE} -> {model_dir}", flush=True)
+            curves[rate, config.model_config.layer_structure] = train_or_resume(func, config, model_dir, args.resume,
+                                                                                 dataset, label)
+            write_csv(csv_path, curves)
+    except (KeyboardInterrupt, func.TrainingInterrupted) as stopped:
+        again = shlex.join(["python", *sys.argv] + ([] if args.resume else ["--resume"]))
+        what, status = (stopped.what, stopped.exit_status) if isinstance(stopped, func.TrainingInterrupted) else (
+            "interrupted between runs", 130)
+        raise func.TrainingInterrupted(what, status, again) from None
     return curves
+
+
+def train_or_resume(func, config, model_dir, resume, dataset, label):
+    """Train the run anew, or with `resume` continue what a saved model of the same settings has done."""
+    if resume and func.has_model(model_dir):
+        settings = {**dataclasses.asdict(config.training), **dataclasses.asdict(config.model_config)}
+        return func.resume(model_dir, settings, dataset=dataset, label=label)
+    return func.train(config, model_dir, overwrite=True, dataset=dataset, label=label)
 
 
 def write_csv(path, curves):

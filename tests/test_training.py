@@ -142,3 +142,24 @@ def test_a_relative_data_dir_is_stored_absolute(tmp_path):
     assert saved["training"]["data_dir"] == str(tmp_path / "mnist")
     elsewhere = run_cli("train", "--model-path", tmp_path / "model", "--resume", "--steps", "20")
     assert elsewhere.returncode == 0, elsewhere.stderr
+
+
+def test_compare_learning_interrupted_says_how_to_continue_and_resume_finishes_it(tmp_path):
+    flags = ["--steps", "30", "--learning-rates", "0.001", "--train-examples", "300", "--validation-examples", "50",
+             "--output-prefix", tmp_path / "curves", "--models-dir", tmp_path / "models"]
+    process = subprocess.Popen(command(*flags, program="compare_learning.py"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # the second run has started: the first is finished
+        if line.startswith("[2/3"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "compare_learning.py" in stderr and stderr.strip().endswith("--resume"), stderr
+    first = tmp_path / "models" / "compare_learning" / "lr0.001" / "none" / checkpoint.CHECKPOINT_FILE
+    finished_before = first.read_bytes()
+    resumed = run_cli(*flags, "--resume", program="compare_learning.py")
+    assert resumed.returncode == 0, resumed.stderr
+    assert first.read_bytes() == finished_before  # the finished run was reused, not retrained
+    rows = (tmp_path / "curves.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 3  # three runs of three validations each

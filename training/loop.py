@@ -32,10 +32,14 @@ FIRST_CALL_STEPS = 10  # the first two calls' size; the second's speed sets the 
 class TrainingInterrupted(Exception):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
 
-    def __init__(self, step, model_dir, signal_number, resume_command=None):
-        resume_command = resume_command or f"python script.py train --model-path {model_dir} --resume"
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {model_dir}. Continue with: {resume_command}")
-        self.exit_status = 128 + signal_number
+    def __init__(self, what, exit_status, resume_command):
+        super().__init__(f"{what}. Continue with: {resume_command}")
+        self.what, self.exit_status = what, exit_status
+
+    @classmethod
+    def at(cls, step, model_dir, signal_number):
+        return cls(f"interrupted at step {step}; checkpoint saved in {model_dir}", 128 + signal_number,
+                   f"python script.py train --model-path {model_dir} --resume")
 
 
 class TrainingDiverged(Exception):
@@ -238,13 +242,13 @@ def _run(config, model_dir, arrays, dataset, progress, label):
         while run.step < settings.steps:
             if not run.train_calls(stop):
                 run.save()
-                raise TrainingInterrupted(run.step, model_dir, stop.signal_number)
+                raise TrainingInterrupted.at(run.step, model_dir, stop.signal_number)
             run.validate()
             if run.step // settings.checkpoint_interval > run.last_checkpoint // settings.checkpoint_interval:
                 run.save()
             if stop.signal_number and run.step < settings.steps:
                 run.save()
-                raise TrainingInterrupted(run.step, model_dir, stop.signal_number)
+                raise TrainingInterrupted.at(run.step, model_dir, stop.signal_number)
         if run.last_checkpoint != run.step or not checkpoint.has_model(model_dir):
             run.save()
     run.summary_writer.close()
