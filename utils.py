@@ -5,7 +5,9 @@ import glob
 import gzip
 import math
 import os
+import re
 import tempfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -64,33 +66,64 @@ class Dataset:
         return getattr(self, name)
 
 
+MAX_IDX_BYTES = 1 << 30  # the most data an IDX file may declare: 1.4 million 28x28 images, 22 times MNIST's
+_READ_CHUNK = 1 << 24
+
+
 def read_idx(path, dimensions=None):
     """Read an IDX file of unsigned bytes (optionally gzip-compressed), checking its magic number and size.
 
-    `dimensions` (3 for images, 1 for labels) makes the magic number check strict.
+    `dimensions` (3 for images, 1 for labels) makes the magic number check strict.  The header is read first,
+    then exactly the bytes it declares (and one more, to detect excess), so a gzip bomb cannot exhaust memory;
+    a header declaring more than MAX_IDX_BYTES is rejected before any data is read.
     """
     path = Path(path)
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as handle:
-            raw = handle.read()
+            shape = _idx_shape(path, handle, dimensions)
+            needed = math.prod(shape)
+            data = _read_at_most(handle, needed + 1)
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot read ({error}); the file is truncated or corrupt") from None
-    if len(raw) < 4:
+    header = 4 + 4 * len(shape)
+    if len(data) > needed:
+        raise DataError(f"{path}: holds more data than the {header + needed} bytes its header {shape} needs; "
+                        "the file is corrupt")
+    if len(data) < needed:
+        raise DataError(f"{path}: {header + len(data)} bytes, but its header {shape} needs {header + needed}; "
+                        "the file is truncated or corrupt")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def _idx_shape(path, handle, dimensions):
+    """The shape in the IDX header at the start of `handle`, checked; leaves `handle` at the data."""
+    magic = handle.read(4)
+    if len(magic) < 4:
         raise DataError(f"{path}: too short to be an IDX file")
-    magic = int.from_bytes(raw[:4], "big")
+    magic = int.from_bytes(magic, "big")
     allowed = [_IDX_MAGIC[dimensions]] if dimensions else list(_IDX_MAGIC.values())
     if magic not in allowed:
         raise DataError(f"{path}: wrong magic number {magic}; expected {' or '.join(map(str, allowed))}")
-    dimensions = raw[3]
-    header = 4 + 4 * dimensions
-    if len(raw) < header:
+    sizes = handle.read(4 * (magic & 0xFF))  # the magic number's last byte counts the dimensions
+    if len(sizes) < 4 * (magic & 0xFF):
         raise DataError(f"{path}: truncated header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dimensions))
-    expected = header + math.prod(shape)
-    if len(raw) != expected:
-        raise DataError(f"{path}: {len(raw)} bytes, but its header {shape} needs {expected}; the file is truncated or corrupt")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    shape = tuple(int.from_bytes(sizes[i : i + 4], "big") for i in range(0, len(sizes), 4))
+    if math.prod(shape) > MAX_IDX_BYTES:
+        raise DataError(f"{path}: its header claims {shape}, {math.prod(shape)} bytes, more than the "
+                        f"{MAX_IDX_BYTES} an IDX file may hold; the file is corrupt")
+    return shape
+
+
+def _read_at_most(handle, size):
+    """Up to `size` bytes of `handle`, read in chunks, so that memory follows the data there, not a claim."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = handle.read(min(size - len(data), _READ_CHUNK))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def write_idx(path, array):
@@ -101,34 +134,121 @@ def write_idx(path, array):
         handle.write(header + array.tobytes())
 
 
+# The .npy header that np.savez writes; anything else (a damaged header) is refused before NumPy parses it.
+_NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d{0,9})', 'fortran_order': (False|True), "
+                         r"'shape': \((\d{1,19},|(?:\d{1,19}(?:, \d{1,19})+)?)\), \} *\n")
+_MAX_NPY_HEADER = 10000  # NumPy's own limit
+_MAX_DEFLATE_RATIO = 1032  # deflate expands data at most this much
+
+
+def read_npz(path):
+    """{name: array} of the .npz file at `path` (a zip of .npy files, as np.savez writes), read defensively.
+
+    Each member's zip entry and .npy header are checked, and the size its header declares matched against its
+    size in the zip directory, before any array is allocated; arrays of Python objects (pickles) are never
+    loaded.  Damage raises ValueError naming the member and the problem; OSError when the file cannot be read.
+    """
+    size = Path(path).stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {info.filename[:-4]: _read_npy_member(archive, info, size) for info in archive.infolist()}
+    except (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error) as error:
+        raise ValueError(f"damaged zip archive ({error})") from None
+
+
+def _read_npy_member(archive, info, archive_size):
+    """The array in zip member `info`, read once its zip entry and .npy header have been checked."""
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise ValueError(f"member {name!r} is not an .npy array")
+    if info.flag_bits & 0x41:  # traditional or strong encryption
+        raise ValueError(f"member {name!r} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ValueError(f"member {name!r} uses unsupported zip compression method {info.compress_type}")
+    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO
+    if info.compress_size > archive_size or info.file_size > ratio * info.compress_size:
+        raise ValueError(f"member {name!r}: impossible sizes in the zip directory ({info.compress_size} bytes "
+                         f"stored, {info.file_size} unpacked)")
+    with archive.open(info) as handle:
+        _check_npy_header(handle, info)
+        handle.seek(0)
+        array = np.lib.format.read_array(handle, allow_pickle=False)
+        handle.read()  # to the member's end, where zipfile checks its CRC
+    return array
+
+
+def _check_npy_header(handle, info):
+    """Check the .npy header at the start of zip member `info` against the member's size in the zip directory."""
+    prefix = handle.read(8)
+    if prefix[:6] != b"\x93NUMPY" or prefix[6:] not in (b"\x01\x00", b"\x02\x00", b"\x03\x00"):
+        raise ValueError(f"member {info.filename!r} is not an .npy array (no valid .npy magic string)")
+    width = 2 if prefix[6] == 1 else 4  # bytes of the header length
+    length = int.from_bytes(handle.read(width), "little")
+    start = 8 + width + length
+    match = length <= _MAX_NPY_HEADER and _NPY_HEADER.fullmatch(handle.read(length).decode("latin-1"))
+    if not match:
+        raise ValueError(f"member {info.filename!r} has a damaged .npy header")
+    try:
+        dtype = np.dtype(match[1])
+    except TypeError:
+        raise ValueError(f"member {info.filename!r} has a damaged .npy header (dtype {match[1]!r})") from None
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename!r} holds Python objects (a pickle), which are never loaded")
+    shape = tuple(int(size) for size in re.findall(r"\d+", match[3]))
+    declared = math.prod(shape) * dtype.itemsize
+    if not dtype.itemsize or max(shape, default=0) > info.file_size or start + declared != info.file_size:
+        raise ValueError(f"member {info.filename!r}: its header declares shape {shape} of {dtype}, {declared} "
+                         f"bytes, but it holds {info.file_size - start}")
+
+
 def _check_pair(images, labels, what):
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise DataError(f"{what} images have shape {images.shape}; expected [count, 28, 28]")
     if labels.shape != images.shape[:1]:
-        raise DataError(f"{what}: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise DataError(f"{what}: {len(images)} images but labels of shape {labels.shape}")
+    _check_bytes(images, f"{what} images")
+    _check_bytes(labels, f"{what} labels")
+
+
+def _check_bytes(array, what):
+    """Images and labels, as in IDX files, are unsigned bytes: integers 0..255 of any integer dtype."""
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{what} have dtype {array.dtype}; expected integers 0..255 (uint8)")
+    if array.dtype != np.uint8 and array.size and (array.min() < 0 or array.max() > 255):
+        raise DataError(f"{what} range from {array.min()} to {array.max()}; expected integers 0..255")
 
 
 def _read_folder(folder):
     """The (train images, train labels, test images, test labels) in `folder`: four IDX files or mnist.npz."""
     folder = Path(folder)
     if all((folder / name).is_file() for name in IDX_FILES.values()):
+        source = folder
         arrays = {key: read_idx(folder / name, 3 if key.endswith("images") else 1) for key, name in IDX_FILES.items()}
     elif (folder / "mnist.npz").is_file():
-        try:
-            with np.load(folder / "mnist.npz") as npz:
-                arrays = {
-                    "train_images": npz["x_train"], "train_labels": npz["y_train"],
-                    "test_images": npz["x_test"], "test_labels": npz["y_test"],
-                }
-        except (OSError, ValueError, KeyError, EOFError, zlib.error) as error:
-            raise DataError(f"{folder / 'mnist.npz'}: cannot read ({error}); the file is truncated or corrupt") from None
+        source = folder / "mnist.npz"
+        arrays = _read_mnist_npz(source)
     else:
         present = [name for name in IDX_FILES.values() if (folder / name).is_file()]
         missing = [name for name in IDX_FILES.values() if name not in present]
         raise DataError(f"{folder}: missing {', '.join(missing)} (expected the four MNIST IDX .gz files or mnist.npz)")
-    _check_pair(arrays["train_images"], arrays["train_labels"], f"{folder} training")
-    _check_pair(arrays["test_images"], arrays["test_labels"], f"{folder} test")
-    return arrays
+    _check_pair(arrays["train_images"], arrays["train_labels"], f"{source} training")
+    _check_pair(arrays["test_images"], arrays["test_labels"], f"{source} test")
+    return {key: array.astype(np.uint8, copy=False) for key, array in arrays.items()}
+
+
+_NPZ_NAMES = {"train_images": "x_train", "train_labels": "y_train", "test_images": "x_test", "test_labels": "y_test"}
+
+
+def _read_mnist_npz(path):
+    """The arrays of a Keras-style mnist.npz: x_train, y_train, x_test and y_test."""
+    try:
+        arrays = read_npz(path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read ({error})") from None
+    missing = [name for name in _NPZ_NAMES.values() if name not in arrays]
+    if missing:
+        raise DataError(f"{path}: has no {', '.join(missing)} (expected arrays {', '.join(_NPZ_NAMES.values())})")
+    return {key: arrays[name] for key, name in _NPZ_NAMES.items()}
 
 
 def _keras_download(module_name):
@@ -148,7 +268,9 @@ def load_raw(dataset="mnist", data_dir=None):
     Order: the folder given by `data_dir`; else the folder in the dataset's
     environment variable (MNIST_DATA_DIR or FASHION_MNIST_DATA_DIR); else Keras's
     cache or download.  A folder that was given but is missing or broken is an
-    error, not a reason to fall back.
+    error, not a reason to fall back.  A folder's images and labels must be
+    integers 0..255 (uint8, or another integer dtype within that range): floats,
+    NaN, negative or larger values, strings and Python objects are a DataError.
     """
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}; use {' or '.join(DATASETS)}")
@@ -272,13 +394,20 @@ def _temporary_prefix(path):
     return f".{path.name}."
 
 
-def atomic_write(path, write):
-    """Call write(temporary_path), then rename it onto `path`: readers see the old or the new file, never half."""
+def atomic_write(path, write, temporary_folder=None):
+    """Call write(temporary_path), then rename it onto `path`: readers see the old or the new file, never half.
+
+    A symbolic link at `path` is written through, not replaced.  The temporary
+    lies beside `path`, or in `temporary_folder` (on the same file system) where
+    a reader of `path`'s folder, such as TensorBoard, must never see it.
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path),
+        descriptor, temporary = tempfile.mkstemp(dir=temporary_folder or folder, prefix=_temporary_prefix(path),
                                                  suffix=_TEMPORARY_MARK + "".join(path.suffixes))
         os.close(descriptor)
     except OSError as error:
@@ -329,15 +458,24 @@ def to_uint8(pixels):
     return np.clip(np.rint(np.asarray(pixels) * 255.0), 0, 255).astype(np.uint8)
 
 
-def tile_images(images, columns):
-    """Arrange [count, 784] images into one grid array, row by row, without gaps."""
+def tile_images(images, columns, gap=0):
+    """Arrange [count, 784] images into one grid array, row by row, `gap` pixels of background (0) apart."""
     images = np.asarray(images).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
     rows = -(-len(images) // columns)
-    grid = np.zeros((rows * IMAGE_SIDE, columns * IMAGE_SIDE), dtype=images.dtype)
+    pitch = IMAGE_SIDE + gap
+    grid = np.zeros((rows * pitch - gap, columns * pitch - gap), dtype=images.dtype)
     for index, image in enumerate(images):
-        row, column = divmod(index, columns)
-        grid[row * IMAGE_SIDE : (row + 1) * IMAGE_SIDE, column * IMAGE_SIDE : (column + 1) * IMAGE_SIDE] = image
+        top, left = (pitch * place for place in divmod(index, columns))
+        grid[top : top + IMAGE_SIDE, left : left + IMAGE_SIDE] = image
     return grid
+
+
+MAX_ENLARGEMENT = 16  # --scale: at 16 a 10 x 10 sample grid is already 4768 pixels wide
+
+
+def enlarge(pixels, factor):
+    """A 2-D picture with every pixel repeated `factor` x `factor` times (nearest neighbour), for print."""
+    return np.repeat(np.repeat(np.asarray(pixels), factor, axis=0), factor, axis=1)
 
 
 def save_grayscale_png(path, pixels):

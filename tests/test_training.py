@@ -163,3 +163,17 @@ def test_compare_learning_interrupted_says_how_to_continue_and_resume_finishes_i
     assert first.read_bytes() == finished_before  # the finished run was reused, not retrained
     rows = (tmp_path / "curves.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 3  # three runs of three validations each
+
+
+def test_a_directory_with_stale_readable_copies_repairs_itself_on_the_next_command(small_model, tmp_path):
+    """The checkpoint is the one source of truth: as after a kill between its rename and the copies' rewrite."""
+    model_dir = Path(shutil.copytree(small_model, tmp_path / "model"))
+    config_text = (model_dir / checkpoint.CONFIG_FILE).read_text()
+    metrics_text = (model_dir / checkpoint.METRICS_FILE).read_text()
+    (model_dir / checkpoint.METRICS_FILE).write_text("".join(metrics_text.splitlines(keepends=True)[:-1]))
+    (model_dir / checkpoint.CONFIG_FILE).write_text(config_text.replace('"latent_dim": 10', '"latent_dim": 12'))
+    result = run_cli("sample", "--model-path", model_dir, "--output-path", tmp_path / "samples.png", "--count", "4")
+    assert result.returncode == 0, result.stderr
+    assert "config.json differed from checkpoint.npz" in result.stderr
+    assert (model_dir / checkpoint.CONFIG_FILE).read_text() == config_text
+    assert (model_dir / checkpoint.METRICS_FILE).read_text() == metrics_text

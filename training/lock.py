@@ -3,6 +3,7 @@
 The lock is an flock on <model>/.lock, which the kernel releases when its
 process ends however it ends, so a killed writer never leaves a stale lock;
 the file holds the holder's process id, for the message a second writer gets.
+A folder that the lock created and nothing else filled is removed again.
 """
 
 import contextlib
@@ -19,6 +20,7 @@ LOCK_FILE = ".lock"
 def exclusive(model_dir):
     """Hold the lock of `model_dir` (created if missing) for the `with` block; DataError if another process does."""
     model_dir = Path(model_dir)
+    created = not model_dir.exists()
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(model_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
@@ -36,3 +38,6 @@ def exclusive(model_dir):
         yield
     finally:
         os.close(descriptor)  # releases the lock
+        if created and [path.name for path in model_dir.iterdir()] == [LOCK_FILE]:
+            (model_dir / LOCK_FILE).unlink()  # a run that failed before writing anything leaves no folder behind
+            model_dir.rmdir()
