@@ -28,6 +28,7 @@ import json
 import sys
 
 from cli.errors import quiet_stderr
+from fileio import atomic
 
 
 def main(argv=None):
@@ -40,7 +41,7 @@ def main(argv=None):
     results = measure.measure(args.quick)
     measure.print_table(results)
     if args.json:
-        measure.utils.atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+        atomic.atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

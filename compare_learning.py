@@ -26,6 +26,7 @@ from cli.errors import import_func
 from cli.flags import ArgumentParser, add_settings
 from experiments import EXPERIMENTS
 from experiments.cli import DATA_SETTINGS, add_debug_flag, run_command
+from fileio import atomic
 from settings.run import TrainingConfig
 from utils import DataError
 
@@ -84,7 +85,7 @@ def run(args):
     if args.from_csv:
         curves = read_csv(csv_path)
     else:
-        utils.check_writable(csv_path)
+        atomic.check_writable(csv_path)
         curves = train_all(args, csv_path)
     figure = draw(curves)
     for suffix in (".png", ".pdf"):
@@ -139,7 +140,7 @@ def write_csv(path, curves):
         for row in history:
             writer.writerow([repr(rate), layer_structure, int(row["step"]), repr(float(row["training_loss"])),
                              repr(float(row["validation_loss"])), f"{row['elapsed_seconds']:.3f}"])
-    utils.atomic_write_text(path, buffer.getvalue())
+    atomic.atomic_write_text(path, buffer.getvalue())
 
 
 def read_csv(path):

@@ -24,6 +24,7 @@ from cli.errors import import_func
 from cli.flags import ArgumentParser, add_settings
 from experiments import EXPERIMENTS, MODELS_DIR, RECONSTRUCTED_DIGITS, result_paths
 from experiments.cli import add_debug_flag, run_command
+from fileio import atomic
 from settings.run import TrainingConfig
 from utils import DataError, UsageError
 
@@ -49,7 +50,7 @@ def main(argv=None):
 
 
 def create(args):
-    utils.check_writable(args.output)
+    atomic.check_writable(args.output)
     if args.labelled and Path(args.output).suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
         raise UsageError(f"--output {args.output}: with --labelled its suffix names the format, e.g. .png, .pdf or .svg")
     func = import_func()

@@ -15,8 +15,8 @@ from pathlib import Path
 import keras
 
 import models
-import utils
 from evaluation.importance import evaluate
+from fileio import atomic
 from pictures.draw import latent, prior_samples, reconstruct, require, sample
 from settings.run import RunConfig, configure
 from training.checkpoint import EVALUATION_FILE, has_model, load_model
@@ -42,10 +42,10 @@ def export(model_dir, output_path):
     output_path = Path(output_path)
     if output_path.suffix != ".keras":
         raise UsageError(f"--output-path {output_path} must end in .keras, the Keras archive format")
-    utils.check_writable(output_path)
+    atomic.check_writable(output_path)
     model, config = load_model(model_dir)
     require(config.model, "export")
     exported = models.family(config.model).export_model(model)
-    utils.atomic_write(output_path, lambda temporary: keras.saving.save_model(exported, temporary))
+    atomic.atomic_write(output_path, lambda temporary: keras.saving.save_model(exported, temporary))
     return output_path
 

@@ -1,17 +1,15 @@
 """Data loading, the loss, image helpers and atomic file writes."""
 
 import dataclasses
-import glob
 import gzip
 import math
 import os
-import re
-import tempfile
-import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from fileio.npz import read_npz
 
 IMAGE_SIDE = 28
 PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -133,72 +131,6 @@ def write_idx(path, array):
     with gzip.open(path, "wb") as handle:
         handle.write(header + array.tobytes())
 
-
-# The .npy header that np.savez writes; anything else (a damaged header) is refused before NumPy parses it.
-_NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d{0,9})', 'fortran_order': (False|True), "
-                         r"'shape': \((\d{1,19},|(?:\d{1,19}(?:, \d{1,19})+)?)\), \} *\n")
-_MAX_NPY_HEADER = 10000  # NumPy's own limit
-_MAX_DEFLATE_RATIO = 1032  # deflate expands data at most this much
-
-
-def read_npz(path):
-    """{name: array} of the .npz file at `path` (a zip of .npy files, as np.savez writes), read defensively.
-
-    Each member's zip entry and .npy header are checked, and the size its header declares matched against its
-    size in the zip directory, before any array is allocated; arrays of Python objects (pickles) are never
-    loaded.  Damage raises ValueError naming the member and the problem; OSError when the file cannot be read.
-    """
-    size = Path(path).stat().st_size
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return {info.filename[:-4]: _read_npy_member(archive, info, size) for info in archive.infolist()}
-    except (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error) as error:
-        raise ValueError(f"damaged zip archive ({error})") from None
-
-
-def _read_npy_member(archive, info, archive_size):
-    """The array in zip member `info`, read once its zip entry and .npy header have been checked."""
-    name = info.filename
-    if not name.endswith(".npy"):
-        raise ValueError(f"member {name!r} is not an .npy array")
-    if info.flag_bits & 0x41:  # traditional or strong encryption
-        raise ValueError(f"member {name!r} is encrypted")
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise ValueError(f"member {name!r} uses unsupported zip compression method {info.compress_type}")
-    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO
-    if info.compress_size > archive_size or info.file_size > ratio * info.compress_size:
-        raise ValueError(f"member {name!r}: impossible sizes in the zip directory ({info.compress_size} bytes "
-                         f"stored, {info.file_size} unpacked)")
-    with archive.open(info) as handle:
-        _check_npy_header(handle, info)
-        handle.seek(0)
-        array = np.lib.format.read_array(handle, allow_pickle=False)
-        handle.read()  # to the member's end, where zipfile checks its CRC
-    return array
-
-
-def _check_npy_header(handle, info):
-    """Check the .npy header at the start of zip member `info` against the member's size in the zip directory."""
-    prefix = handle.read(8)
-    if prefix[:6] != b"\x93NUMPY" or prefix[6:] not in (b"\x01\x00", b"\x02\x00", b"\x03\x00"):
-        raise ValueError(f"member {info.filename!r} is not an .npy array (no valid .npy magic string)")
-    width = 2 if prefix[6] == 1 else 4  # bytes of the header length
-    length = int.from_bytes(handle.read(width), "little")
-    start = 8 + width + length
-    match = length <= _MAX_NPY_HEADER and _NPY_HEADER.fullmatch(handle.read(length).decode("latin-1"))
-    if not match:
-        raise ValueError(f"member {info.filename!r} has a damaged .npy header")
-    try:
-        dtype = np.dtype(match[1])
-    except TypeError:
-        raise ValueError(f"member {info.filename!r} has a damaged .npy header (dtype {match[1]!r})") from None
-    if dtype.hasobject:
-        raise ValueError(f"member {info.filename!r} holds Python objects (a pickle), which are never loaded")
-    shape = tuple(int(size) for size in re.findall(r"\d+", match[3]))
-    declared = math.prod(shape) * dtype.itemsize
-    if not dtype.itemsize or max(shape, default=0) > info.file_size or start + declared != info.file_size:
-        raise ValueError(f"member {info.filename!r}: its header declares shape {shape} of {dtype}, {declared} "
-                         f"bytes, but it holds {info.file_size - start}")
 
 
 def _check_pair(images, labels, what):
@@ -383,74 +315,7 @@ def to_original_scale(negative_elbo_nats, loss="mse"):
 
 
 # ---------------------------------------------------------------------------
-# Files and images
-
-
-_TEMPORARY_MARK = ".tmp"
-
-
-def _temporary_prefix(path):
-    """How the names of :func:`atomic_write`'s temporaries of `path` begin: hidden, beside `path`."""
-    return f".{path.name}."
-
-
-def atomic_write(path, write, temporary_folder=None):
-    """Call write(temporary_path), then rename it onto `path`: readers see the old or the new file, never half.
-
-    A symbolic link at `path` is written through, not replaced.  The temporary
-    lies beside `path`, or in `temporary_folder` (on the same file system) where
-    a reader of `path`'s folder, such as TensorBoard, must never see it.
-    """
-    path = Path(path)
-    if path.is_symlink():
-        path = path.resolve()
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=temporary_folder or folder, prefix=_temporary_prefix(path),
-                                                 suffix=_TEMPORARY_MARK + "".join(path.suffixes))
-        os.close(descriptor)
-    except OSError as error:
-        raise DataError(f"cannot write {path}: {error.strerror or error}") from None
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(path):
-    """Delete what an :func:`atomic_write` of `path` killed mid-way (SIGKILL, power loss) left behind.
-
-    Only one process may write a given path, so any such file is stale.
-    """
-    path = Path(path)
-    for leftover in path.parent.glob(f"{glob.escape(_temporary_prefix(path))}*{_TEMPORARY_MARK}*"):
-        leftover.unlink(missing_ok=True)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path, text):
-    atomic_write(path, lambda temporary: Path(temporary).write_text(text))
-
-
-def check_writable(path):
-    """Fail early, with a clear message, when `path` cannot be created."""
-    folder = Path(path).resolve().parent
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"cannot write {path}: {existing} is not a writable folder")
+# Images
 
 
 def to_uint8(pixels):
@@ -482,10 +347,14 @@ def save_grayscale_png(path, pixels):
     """Write a 2-D array of probabilities in [0, 1] as an 8-bit grayscale PNG, atomically."""
     from PIL import Image
 
+    from fileio.atomic import atomic_write
+
     image = Image.fromarray(to_uint8(pixels))  # 2-D uint8 -> mode "L"
     atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def save_figure(figure, path, **kwargs):
     """Save a matplotlib figure atomically (format from the suffix)."""
+    from fileio.atomic import atomic_write
+
     atomic_write(path, lambda temporary: figure.savefig(temporary, format=Path(path).suffix[1:], **kwargs))

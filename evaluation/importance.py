@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import time
+from fileio import atomic
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +189,7 @@ def evaluate(model_dir, split="test", importance_samples=DEFAULT_IMPORTANCE_SAMP
     all_images = data.evaluation_images(config, data.load_data(config, data_dir).split(split))
     images = first_rows(all_images, limit)
     path = record_path(model_dir, split, importance_samples, seed, len(images), len(images) == len(all_images))
-    utils.check_writable(path)
+    atomic.check_writable(path)
     importance_model = family.importance_model(model, config)
     started = time.perf_counter()
     with np.errstate(invalid="ignore"):  # NaN weights give NaN numbers, reported once below, not per operation
@@ -212,7 +213,7 @@ def evaluate(model_dir, split="test", importance_samples=DEFAULT_IMPORTANCE_SAMP
         print(f"warning: {', '.join(not_finite)} are not finite (NaN weights?); written as null in {path}",
               file=sys.stderr, flush=True)
     try:
-        utils.atomic_write_text(path, text)
+        atomic.atomic_write_text(path, text)
     except OSError as error:  # a full disk, or the file's place taken by a folder
         raise DataError(f"cannot write {path}: {error.strerror or error}") from None
     return {**results, "path": str(path)}

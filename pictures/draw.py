@@ -9,6 +9,7 @@ import numpy as np
 import models
 import utils
 from evaluation.importance import first_rows
+from fileio import atomic
 from training import checkpoint, data
 from utils import UsageError
 
@@ -90,7 +91,7 @@ def reconstruct(model_dir, output_path, index=0, grid=None, sample=False, layer_
     as a grayscale PNG, every pixel enlarged to `scale` x `scale`."""
     check_scale(scale)
     output_path = png_path(output_path)
-    utils.check_writable(output_path)
+    atomic.check_writable(output_path)
     model, config = load_for(model_dir, "reconstruct")
     check_layer_structure(config, layer_structure, model_dir)
     images = data.evaluation_images(config, data.load_data(config, data_dir).validation)
@@ -121,7 +122,7 @@ def sample(model_dir, output_path, count=100, seed=1, scale=1):
         raise UsageError(f"--count must be at least 1, got {count}")
     check_scale(scale)
     output_path = png_path(output_path)
-    utils.check_writable(output_path)
+    atomic.check_writable(output_path)
     model, config = load_for(model_dir, "sample")
     digits = prior_samples(model, config, count, seed)
     save_picture(output_path, utils.tile_images(digits, math.ceil(math.sqrt(count)), GAP), scale)
@@ -214,7 +215,7 @@ def latent(model_dir, output_path, data_dir=None, limit=None):
     first test images only.
     """
     output_path = png_path(output_path)
-    utils.check_writable(output_path)
+    atomic.check_writable(output_path)
     model, config = load_for(model_dir, "latent")
     family = models.family(config.model)
     test = data.load_data(config, data_dir).test

@@ -10,7 +10,6 @@ import io
 import runpy
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,12 +17,12 @@ from PIL import Image
 
 import compare_learning
 import create_comparison_figure
-import experiment
 import func
 import utils
-from config import TrainConfig
+from conftest import ROOT
+from experiments import EXPERIMENTS, MODELS_DIR, cli, result_paths, runs
+from training import checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--steps", "20", "--train-examples", "500", "--validation-examples", "100", "--batch-size", "100"]
 SMALL_OVERRIDES = dict(steps=20, train_examples=500, validation_examples=100, batch_size=100)
 
@@ -45,12 +44,23 @@ def no_training(*args, **kwargs):
     raise AssertionError("nothing should be trained here")
 
 
+def posterior_mean_reconstructions(model, images):
+    """What the train scripts write: each image decoded from its posterior mean, inference mode."""
+    return model.decode(model.encode(images, training=False)[0], training=False).numpy()
+
+
+def losses(history):
+    """(step, training loss, validation loss) of each row of a metrics history."""
+    return [(row["step"], row["training_loss"], row["validation_loss"]) for row in history]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The three train_*.py scripts, run as programs with SMALL flags into one folder; returns (folder, stdout per name)."""
     models_dir = tmp_path_factory.mktemp("experiments") / "saved_models"
     outputs = {}
-    for name, script in experiment.TRAIN_SCRIPTS.items():
+    for name, settings in EXPERIMENTS.items():
+        script = settings.script
         stdout = io.StringIO()
         with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as exit:
             patch.setattr(sys, "argv", [script, *SMALL, "--output-dir", str(models_dir)])
@@ -62,7 +72,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def validation_images():
-    return func.load_data(TrainConfig(validation_examples=100)).validation.images
+    return func.load_data(func.configure(validation_examples=100)).validation.images
 
 
 # ---------------------------------------------------------------------------
@@ -70,22 +80,32 @@ def validation_images():
 
 
 def test_settings_are_the_originals():
-    expected = {"default": ("none", 1e-3, 100), "lwta": ("lwta", 1e-3, 100), "p-lwta": ("p-lwta", 1e-4, 1000)}
-    for name, (layer_structure, learning_rate, batch_size) in expected.items():
-        config = func.experiment_config(name)
-        assert (config.layer_structure, config.learning_rate, config.batch_size, config.steps) == (
-            layer_structure, learning_rate, batch_size, 2000)
-    assert func.experiment_config("lwta", steps=7, seed=3).steps == 7
+    expected = {"none": ("train_default.py", 1e-3, 100), "lwta": ("train_LWTA.py", 1e-3, 100),
+                "p-lwta": ("train_pLWTA.py", 1e-4, 1000)}
+    assert list(EXPERIMENTS) == list(expected)
+    for name, (script, learning_rate, batch_size) in expected.items():
+        assert EXPERIMENTS[name].script == script
+        config = runs.experiment_config(name)
+        training = config.training
+        assert (config.model, config.model_config.layer_structure) == ("vae", name)
+        assert (training.learning_rate, training.batch_size, training.steps) == (learning_rate, batch_size, 2000)
+    config = runs.experiment_config("lwta", steps=7, seed=3)
+    assert (config.training.steps, config.training.seed, config.training.learning_rate) == (7, 3, 1e-3)
+    assert MODELS_DIR == "saved_models/original"
+    for name in EXPERIMENTS:
+        assert cli.train_parser(name).parse_args([]).output_dir == MODELS_DIR  # the model: <output-dir>/<name>
 
 
 def test_train_scripts_save_each_model_with_its_reconstructions(trained, validation_images):
     models_dir, outputs = trained
-    for name, settings in func.EXPERIMENTS.items():
+    assert sorted(path.name for path in models_dir.iterdir()) == sorted(EXPERIMENTS)
+    for name, settings in EXPERIMENTS.items():
         model, config = func.load_model(models_dir / name)
-        assert (config.layer_structure, config.learning_rate, config.steps) == (settings.layer_structure, settings.learning_rate, 20)
+        assert (config.model_config.layer_structure, config.training.learning_rate, config.training.steps) == (
+            settings.layer_structure, settings.learning_rate, 20)
         assert f"layer structure {settings.layer_structure}, learning rate {settings.learning_rate:g}" in outputs[name]
-        expected = utils.to_uint8(func.reconstruct_images(model, validation_images[:10]))
-        for index, path in enumerate(func.result_paths(models_dir / name)):
+        expected = utils.to_uint8(posterior_mean_reconstructions(model, validation_images[:10]))
+        for index, path in enumerate(result_paths(models_dir / name)):
             assert path == models_dir / name / "results" / f"mnist_{index}.png"
             size, mode, pixels = png(path)
             assert (size, mode) == ((28, 28), "L")
@@ -94,27 +114,28 @@ def test_train_scripts_save_each_model_with_its_reconstructions(trained, validat
 
 def test_existing_model_without_overwrite_is_a_one_line_error(trained, capsys):
     models_dir, _ = trained
-    checkpoint = models_dir / "lwta" / func.CHECKPOINT_FILE
-    before = checkpoint.read_bytes()
-    status = experiment.main("lwta", [*SMALL, "--output-dir", str(models_dir)])
+    path = models_dir / "lwta" / checkpoint.CHECKPOINT_FILE
+    before = path.read_bytes()
+    status = cli.main("lwta", [*SMALL, "--output-dir", str(models_dir)])
     assert_one_line_error(capsys.readouterr(), status, 2, "already exists; pass --overwrite")
-    assert checkpoint.read_bytes() == before
+    assert path.read_bytes() == before
 
 
 def test_train_script_resumes_its_model_and_rewrites_the_reconstructions(trained, validation_images, tmp_path, capsys):
     models_dir = tmp_path / "saved_models"
     shutil.copytree(trained[0] / "lwta", models_dir / "lwta")
-    before = func.read_metrics_csv(models_dir / "lwta" / func.METRICS_FILE)
-    for path in func.result_paths(models_dir / "lwta"):
+    before = checkpoint.read_metrics_csv(models_dir / "lwta" / checkpoint.METRICS_FILE)
+    for path in result_paths(models_dir / "lwta"):
         path.unlink()
-    assert experiment.main("lwta", ["--output-dir", str(models_dir), "--resume", "--steps", "30"]) == 0
+    assert cli.main("lwta", ["--output-dir", str(models_dir), "--resume", "--steps", "30"]) == 0
     assert "saved" in capsys.readouterr().out
     model, config = func.load_model(models_dir / "lwta")
-    assert (config.steps, config.train_examples) == (30, 500), "the saved run's settings, --steps changed"
-    after = func.read_metrics_csv(models_dir / "lwta" / func.METRICS_FILE)
-    assert [row[:3] for row in after[:2]] == [row[:3] for row in before] and after[-1][0] == 30
-    expected = utils.to_uint8(func.reconstruct_images(model, validation_images[:10]))
-    for index, path in enumerate(func.result_paths(models_dir / "lwta")):
+    assert (config.training.steps, config.training.train_examples) == (30, 500), \
+        "the saved run's settings, --steps changed"
+    after = checkpoint.read_metrics_csv(models_dir / "lwta" / checkpoint.METRICS_FILE)
+    assert losses(after[:2]) == losses(before) and after[-1]["step"] == 30
+    expected = utils.to_uint8(posterior_mean_reconstructions(model, validation_images[:10]))
+    for index, path in enumerate(result_paths(models_dir / "lwta")):
         assert np.abs(png(path)[2].astype(int) - expected[index].reshape(28, 28)).max() <= 1
 
 
@@ -124,19 +145,19 @@ def test_train_script_resumes_its_model_and_rewrites_the_reconstructions(trained
 ])
 def test_train_script_resume_mistakes_are_one_line_errors(trained, flags, message, capsys):
     models_dir, _ = trained
-    checkpoint = models_dir / "lwta" / func.CHECKPOINT_FILE
-    before = checkpoint.read_bytes()
+    path = models_dir / "lwta" / checkpoint.CHECKPOINT_FILE
+    before = path.read_bytes()
     try:
-        status = experiment.main("lwta", [*flags, "--output-dir", str(models_dir)])
+        status = cli.main("lwta", [*flags, "--output-dir", str(models_dir)])
     except SystemExit as exit:  # argparse's own errors
         status = exit.code
     assert_one_line_error(capsys.readouterr(), status, 2, message)
-    assert checkpoint.read_bytes() == before
+    assert path.read_bytes() == before
 
 
 def test_bad_flag_is_a_one_line_usage_error(capsys):
     with pytest.raises(SystemExit) as exit:
-        experiment.main("default", ["--steps", "0"])
+        cli.main("none", ["--steps", "0"])
     assert_one_line_error(capsys.readouterr(), exit.value.code, 2, "--steps")
 
 
@@ -152,8 +173,8 @@ def test_comparison_figure_stacks_originals_and_saved_reconstructions(trained, v
     size, mode, grid = png(tmp_path / "comparison.png")
     assert (size, mode) == ((280, 112), "L")
     assert np.array_equal(grid[:28], utils.tile_images(utils.to_uint8(validation_images[:10]), 10))
-    for row, name in enumerate(func.EXPERIMENTS, 1):
-        saved = np.stack([png(path)[2] for path in func.result_paths(models_dir / name)])
+    for row, name in enumerate(EXPERIMENTS, 1):
+        saved = np.stack([png(path)[2] for path in result_paths(models_dir / name)])
         assert np.array_equal(grid[28 * row : 28 * (row + 1)], utils.tile_images(saved, 10))
 
     assert create_comparison_figure.main(["--models-dir", str(models_dir), "--labelled", "--output", "labelled.png"]) == 0
@@ -164,23 +185,23 @@ def test_comparison_figure_stacks_originals_and_saved_reconstructions(trained, v
 def test_comparison_figure_fills_in_missing_results(trained, tmp_path, monkeypatch):
     """Missing p-LWTA model: trained in-process; lwta results deleted: rewritten from its saved model."""
     models_dir = tmp_path / "saved_models"
-    for name in ("default", "lwta"):
+    for name in ("none", "lwta"):
         shutil.copytree(trained[0] / name, models_dir / name)
-    func.result_paths(models_dir / "lwta")[3].unlink()
+    result_paths(models_dir / "lwta")[3].unlink()
     trained_names = []
-    real = func.train_and_reconstruct
+    real = runs.train_and_reconstruct
 
     def small_training(name, directory, **kwargs):
         trained_names.append(name)
         return real(name, directory, progress=False, **{**kwargs, **SMALL_OVERRIDES})
 
-    monkeypatch.setattr(func, "train_and_reconstruct", small_training)
+    monkeypatch.setattr(runs, "train_and_reconstruct", small_training)
     output = tmp_path / "comparison.png"
     assert create_comparison_figure.main(["--models-dir", str(models_dir), "--output", str(output)]) == 0
     assert trained_names == ["p-lwta"]
-    rewritten = func.result_paths(models_dir / "lwta")[3]
-    assert np.array_equal(png(rewritten)[2], png(func.result_paths(trained[0] / "lwta")[3])[2])
-    assert all(path.is_file() for name in func.EXPERIMENTS for path in func.result_paths(models_dir / name))
+    rewritten = result_paths(models_dir / "lwta")[3]
+    assert np.array_equal(png(rewritten)[2], png(result_paths(trained[0] / "lwta")[3])[2])
+    assert all(path.is_file() for name in EXPERIMENTS for path in result_paths(models_dir / name))
     assert png(output)[:2] == ((280, 112), "L")
 
 
@@ -211,15 +232,18 @@ def test_compare_learning_trains_six_runs_on_one_dataset(tmp_path, monkeypatch, 
     runs = {(float(row["learning_rate"]), row["layer_structure"]) for row in rows}
     assert runs == {(rate, structure) for rate in (1e-3, 1e-4) for structure in ("none", "lwta", "p-lwta")}
     assert [int(row["step"]) for row in rows] == [10, 20] * 6
-    saved = func.read_metrics_csv(tmp_path / "models" / "compare_learning" / "lr0.0001" / "p-lwta" / func.METRICS_FILE)
-    assert [float(row["validation_loss"]) for row in rows[-2:]] == [validation for _, _, validation, _ in saved]
+    saved = checkpoint.read_metrics_csv(
+        tmp_path / "models" / "compare_learning" / "lr0.0001" / "p-lwta" / checkpoint.METRICS_FILE)
+    assert [float(row["validation_loss"]) for row in rows[-2:]] == [row["validation_loss"] for row in saved]
     for suffix in (".png", ".pdf"):
         assert (tmp_path / f"compare_learning{suffix}").stat().st_size > 1000
 
 
 def write_curves(path):
     """A CSV like compare_learning's: two learning rates, three models, losses falling with the step."""
-    curves = {(rate, structure): [(step, 600.0 - step / 10, 590.0 - step / 10 - offset, step / 100) for step in (10, 20, 30)]
+    curves = {(rate, structure): [{"step": step, "training_loss": 600.0 - step / 10,
+                                   "validation_loss": 590.0 - step / 10 - offset, "elapsed_seconds": step / 100}
+                                  for step in (10, 20, 30)]
               for rate in (0.001, 0.0001) for offset, structure in enumerate(("none", "lwta", "p-lwta"))}
     compare_learning.write_csv(path, curves)
     return curves
@@ -245,7 +269,7 @@ def test_figure_has_one_log_scale_panel_per_learning_rate(tmp_path):
         assert panel.get_yscale() == "log"
         assert panel.get_ylabel() == "Validation loss (negative ELBO, nats per image)"
         assert [text.get_text() for text in panel.get_legend().get_texts()] == ["ReLU (none)", "LWTA", "p-LWTA"]
-        assert list(panel.lines[2].get_ydata()) == [validation for _, _, validation, _ in curves[rate, "p-lwta"]]
+        assert list(panel.lines[2].get_ydata()) == [row["validation_loss"] for row in curves[rate, "p-lwta"]]
     assert panels[-1].get_xlabel() == "Step"
 
 

@@ -4,7 +4,6 @@ Every case runs script.py in a subprocess, as a user would, and checks the exit
 status, the message, the absence of a traceback and the files before and after.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,44 +18,18 @@ import pytest
 import tensorflow as tf
 
 import func
-import utils
-from config import TrainConfig
+from conftest import ROOT, assert_clean_failure, command, run_cli, snapshot, tiny_config, write_fake_mnist
+from fileio import atomic
+from training import checkpoint
+from training.loop import Trainer
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--train-examples", "300", "--validation-examples", "50", "--hidden-units", "40", "--latent-dim", "10"]
 
 
-def command(*args, program="script.py"):
-    return [sys.executable, str(ROOT / program), *map(str, args)]
-
-
-def run_cli(*args, env=None, program="script.py"):
-    return subprocess.run(command(*args, program=program), capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
-
-
-def snapshot(folder):
-    """{relative path: sha256} of every file under `folder`."""
-    folder = Path(folder)
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def assert_clean_failure(result, status, message):
-    assert result.returncode == status, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert message in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A small trained model, shared read-only by the tests (each test copies it before damaging it)."""
-    folder = tmp_path_factory.mktemp("model") / "lwta"
-    func.train(TrainConfig(layer_structure="lwta", steps=20, train_examples=300, validation_examples=50,
-                           hidden_units=40, latent_dim=10), folder, progress=False)
-    return folder
+@pytest.fixture
+def model_dir(small_model):
+    """conftest's small trained LWTA model (20 steps), shared read-only: each test copies it before damaging it."""
+    return small_model
 
 
 def copy_model(model_dir, tmp_path):
@@ -82,30 +55,42 @@ def test_directory_without_a_model(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_truncated_or_corrupt_model(model_dir, tmp_path, damage):
     copy = copy_model(model_dir, tmp_path)
-    checkpoint = copy / func.CHECKPOINT_FILE
-    raw = checkpoint.read_bytes()
-    checkpoint.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else os.urandom(len(raw)))
+    path = copy / checkpoint.CHECKPOINT_FILE
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else os.urandom(len(raw)))
     before = snapshot(copy)
     result = run_cli("reconstruct", "--model-path", copy, "--output-path", tmp_path / "x.png")
     assert_clean_failure(result, 1, "truncated or corrupt")
     assert snapshot(copy) == before
 
 
-def test_configuration_that_does_not_match_the_weights(model_dir, tmp_path):
+def test_edited_config_json_is_rewritten_from_the_checkpoint(model_dir, tmp_path):
+    """The checkpoint holds the configuration; a config.json that disagrees with it is repaired, with a note."""
     copy = copy_model(model_dir, tmp_path)
-    config = json.loads((copy / "config.json").read_text())
-    config["hidden_units"] = 60
-    (copy / "config.json").write_text(json.dumps(config))
+    original = (copy / checkpoint.CONFIG_FILE).read_text()
+    before = snapshot(copy)
+    config = json.loads(original)
+    config["model_config"]["hidden_units"] = 60
+    (copy / checkpoint.CONFIG_FILE).write_text(json.dumps(config))
     result = run_cli("reconstruct", "--model-path", copy, "--output-path", tmp_path / "x.png")
-    assert_clean_failure(result, 1, "does not match the weights")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and checkpoint.CONFIG_FILE in notes[0] and checkpoint.CHECKPOINT_FILE in notes[0], \
+        result.stderr
+    assert (tmp_path / "x.png").is_file()
+    assert (copy / checkpoint.CONFIG_FILE).read_text() == original
+    assert snapshot(copy) == before
+    again = run_cli("reconstruct", "--model-path", copy, "--output-path", tmp_path / "y.png")
+    assert again.returncode == 0 and "note:" not in again.stderr, again.stderr  # repaired once, then quiet
 
 
 def test_checkpoint_whose_arrays_do_not_match_its_configuration(model_dir, tmp_path):
     copy = copy_model(model_dir, tmp_path)
-    with np.load(copy / func.CHECKPOINT_FILE) as npz:
+    with np.load(copy / checkpoint.CHECKPOINT_FILE) as npz:
         arrays = {name: npz[name] for name in npz.files}
-    arrays["model_000"] = arrays["model_000"][:, :20]
-    np.savez(copy / func.CHECKPOINT_FILE, **arrays)
+    arrays["model/vae/encoder_hidden/kernel"] = arrays["model/vae/encoder_hidden/kernel"][:, :20]
+    np.savez(copy / checkpoint.CHECKPOINT_FILE, **arrays)
     result = run_cli("reconstruct", "--model-path", copy, "--output-path", tmp_path / "x.png")
     assert_clean_failure(result, 1, "has shape (784, 20) in the checkpoint but (784, 40)")
 
@@ -161,7 +146,7 @@ ENTRY_POINTS = {
     "script.py": ("import script; run = script.main",
                   [["--help"], ["train", "--help"], ["evaluate", "--help"], ["train", "--steps", "0"]],
                   ["sample", "--model-path", "nowhere", "--output-path", "x.png"]),
-    "train_LWTA.py": ("import experiment; run = lambda argv: experiment.main('lwta', argv)",
+    "train_LWTA.py": ("from experiments import cli; run = lambda argv: cli.main('lwta', argv)",
                       [["--help"], ["--steps", "0"]], ["--resume", "--output-dir", "nowhere"]),
     "compare_learning.py": ("import compare_learning; run = compare_learning.main",
                             [["--help"], ["--learning-rates", "0.1,0.1"]],
@@ -197,26 +182,18 @@ def test_help_and_flag_errors_come_before_tensorflow_is_imported(entry_point):
 
 
 def test_help_states_the_defaults():
-    """Defaults of evaluate and of a train_*.py script, which --help reads from config.py."""
+    """Defaults of evaluate and of a train_*.py script, which --help reads from the settings."""
     help_texts = {
         "evaluate": run_cli("evaluate", "--help", env={"COLUMNS": "1000"}).stdout,
         "train_pLWTA.py": run_cli("--help", env={"COLUMNS": "1000"}, program="train_pLWTA.py").stdout,
     }
-    assert "(default: 5000, as in Burda et al. 2015)" in help_texts["evaluate"]
+    assert "K, samples per image (as in Burda et al. 2015) (default: 5000)" in help_texts["evaluate"]
     assert "Adam learning rate (default: 0.0001)" in help_texts["train_pLWTA.py"]
     assert "images per training step (default: 1000)" in help_texts["train_pLWTA.py"]
 
 
 # ---------------------------------------------------------------------------
 # Data
-
-
-def fake_mnist(folder):
-    folder.mkdir(parents=True)
-    for prefix, count in (("train", 5400), ("t10k", 10)):
-        utils.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.zeros((count, 28, 28)))
-        utils.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.zeros(count))
-    return folder
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -228,7 +205,7 @@ def fake_mnist(folder):
 def test_bad_data_folder(tmp_path, damage, message):
     folder = tmp_path / "data"
     if damage != "missing folder":
-        fake_mnist(folder)
+        write_fake_mnist(folder, train=5400, test=10)
     images = folder / "train-images-idx3-ubyte.gz"
     if damage == "wrong file":
         shutil.copy(folder / "train-labels-idx1-ubyte.gz", images)
@@ -265,13 +242,13 @@ def test_output_path_that_cannot_be_written(model_dir, tmp_path):
 
 def test_only_the_stale_temporaries_of_a_path_are_removed(tmp_path):
     target = tmp_path / "checkpoint.npz"
-    utils.atomic_write(target, lambda temporary: Path(temporary).write_bytes(b"complete"))
+    atomic.atomic_write(target, lambda temporary: Path(temporary).write_bytes(b"complete"))
     stale = [tmp_path / ".checkpoint.npz.k9x_2ab.tmp.npz", tmp_path / ".checkpoint.npz.q1.tmp"]
     others = [tmp_path / ".metrics.csv.k9x_2ab.tmp.csv", tmp_path / "checkpoint.npz.k9x_2ab.tmp.npz",
               tmp_path / ".checkpoint.npz.notes"]
     for path in stale + others:
         path.write_bytes(b"x")
-    utils.remove_stale_temporaries(target)
+    atomic.remove_stale_temporaries(target)
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in [target, *others])
     assert target.read_bytes() == b"complete"
 
@@ -299,12 +276,14 @@ def uninterrupted(tmp_path_factory):
 
 
 def checkpoint_arrays(folder):
-    with np.load(folder / func.CHECKPOINT_FILE) as npz:
+    with np.load(folder / checkpoint.CHECKPOINT_FILE) as npz:
         return {name: npz[name] for name in npz.files if name not in ("elapsed", "history")}
 
 
 def losses(folder):
-    return [row[:3] for row in func.read_metrics_csv(folder / func.METRICS_FILE)]
+    """metrics.csv without the (machine-dependent) elapsed seconds."""
+    return [{column: value for column, value in row.items() if column != "elapsed_seconds"}
+            for row in checkpoint.read_metrics_csv(folder / checkpoint.METRICS_FILE)]
 
 
 def start_and_stop(folder, how):
@@ -315,7 +294,7 @@ def start_and_stop(folder, how):
     process = subprocess.Popen(command("train", "--model-path", folder, *RESUMABLE),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not (folder / func.METRICS_FILE).exists():
+    while not (folder / checkpoint.METRICS_FILE).exists():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -327,7 +306,7 @@ def start_and_stop(folder, how):
 def tensorboard_steps(folder, tag="loss/validation"):
     """The steps of `tag` in the TensorBoard events of a model directory, in the order they were written."""
     steps = []
-    for path in sorted((folder / func.TENSORBOARD_DIR).glob("events.out.tfevents.*")):
+    for path in sorted((folder / checkpoint.TENSORBOARD_DIR).glob("events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             steps += [event.step for value in event.summary.value if value.tag == tag]
     return steps
@@ -335,7 +314,7 @@ def tensorboard_steps(folder, tag="loss/validation"):
 
 def assert_same_run(resumed, uninterrupted):
     assert losses(resumed) == losses(uninterrupted)
-    assert tensorboard_steps(resumed) == [row[0] for row in losses(resumed)], "each step drawn once, none missing"
+    assert tensorboard_steps(resumed) == [row["step"] for row in losses(resumed)], "each step drawn once, none missing"
     reference = checkpoint_arrays(uninterrupted)
     final = checkpoint_arrays(resumed)
     assert final.keys() == reference.keys()
@@ -347,7 +326,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, uninterrupted):
     folder = tmp_path / "model"
     status, _, _ = start_and_stop(folder, signal.SIGKILL)
     assert status == -signal.SIGKILL
-    stopped_at = losses(folder)[-1][0]
+    stopped_at = losses(folder)[-1]["step"]
     assert 100 <= stopped_at < 1000, "killed between its first checkpoint and its end"
     result = run_cli("train", "--model-path", folder, "--resume")
     assert result.returncode == 0, result.stderr
@@ -359,14 +338,13 @@ def test_every_checkpoint_finds_the_curves_of_its_steps_on_disk(tmp_path, monkey
     that checkpoint must already be on disk when it is written (the kill test above only hits this by chance)."""
     on_disk = []
 
-    def save_checkpoint(model_dir, trainer, history, elapsed):
-        on_disk.append((history[-1][0], tensorboard_steps(model_dir)))
-        original(model_dir, trainer, history, elapsed)
+    def save_checkpoint(model_dir, arrays):
+        on_disk.append((checkpoint.history_of(arrays)[-1]["step"], tensorboard_steps(model_dir)))
+        original(model_dir, arrays)
 
-    original = func.save_checkpoint
-    monkeypatch.setattr(func, "save_checkpoint", save_checkpoint)
-    func.train(TrainConfig(steps=50, checkpoint_interval=20, train_examples=300, validation_examples=50,
-                           hidden_units=40, latent_dim=10), tmp_path / "model", progress=False)
+    original = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", save_checkpoint)
+    func.train(tiny_config(steps=50, checkpoint_interval=20), tmp_path / "model", progress=False)
     assert on_disk == [(step, list(range(10, step + 1, 10))) for step in (20, 40, 50)]
 
 
@@ -375,9 +353,10 @@ def test_terminated_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, unin
     status, _, stderr = start_and_stop(folder, signal.SIGTERM)
     assert status == 128 + signal.SIGTERM
     assert "Traceback" not in stderr and f"--model-path {folder} --resume" in stderr
-    stopped_at = losses(folder)[-1][0]
+    stopped_at = losses(folder)[-1]["step"]
     assert stopped_at % 10 == 0 and stopped_at < 1000
-    assert checkpoint_arrays(folder)["optimizer_000"] == stopped_at, "the checkpoint holds the interrupted step"
+    assert checkpoint_arrays(folder)["optimizer/adam/iteration"] == stopped_at, \
+        "the checkpoint holds the interrupted step"
     result = run_cli("train", "--model-path", folder, "--resume", "--layer-structure", "p-lwta")
     assert result.returncode == 0, result.stderr
     assert_same_run(folder, uninterrupted)
@@ -385,30 +364,30 @@ def test_terminated_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, unin
 
 def test_resume_can_extend_a_finished_run(tmp_path, uninterrupted):
     folder = Path(shutil.copytree(uninterrupted, tmp_path / "model"))
-    stale = folder / f".{func.CHECKPOINT_FILE}.k9x_2ab.tmp.npz"  # what a write killed mid-way leaves
+    stale = folder / f".{checkpoint.CHECKPOINT_FILE}.k9x_2ab.tmp.npz"  # what a write killed mid-way leaves
     stale.write_bytes(b"half a checkpoint")
     result = run_cli("train", "--model-path", folder, "--resume", "--steps", 1020)
     assert result.returncode == 0, result.stderr
     assert not stale.exists()
-    assert [row[0] for row in losses(folder)][-3:] == [1000, 1010, 1020]
+    assert [row["step"] for row in losses(folder)][-3:] == [1000, 1010, 1020]
     assert losses(folder)[:100] == losses(uninterrupted)
 
 
 def test_diverging_run_stops_with_the_step_and_writes_nothing(tmp_path):
     result = run_cli("train", "--model-path", tmp_path / "model", "--learning-rate", "1e30", *SMALL)
     assert_clean_failure(result, 1, "the training loss became nan at step 2; no checkpoint of this run was saved")
-    assert not (tmp_path / "model" / func.CHECKPOINT_FILE).exists()
+    assert not (tmp_path / "model" / checkpoint.CHECKPOINT_FILE).exists()
 
 
 def test_diverging_run_keeps_the_last_good_checkpoint(model_dir, tmp_path, monkeypatch):
     copy = copy_model(model_dir, tmp_path)
     before = snapshot(copy)
-    honest_step = func.Trainer.train_step
+    honest_step = Trainer.train_step
 
     def diverging_step(self, images, step):
-        return honest_step(self, images, step) * float("nan")
+        return {name: value * float("nan") for name, value in honest_step(self, images, step).items()}
 
-    monkeypatch.setattr(func.Trainer, "train_step", diverging_step)
+    monkeypatch.setattr(Trainer, "train_step", diverging_step)
     with pytest.raises(func.TrainingDiverged, match=r"at step 21; the last good checkpoint \(step 20\) is kept"):
         func.resume(copy, {"steps": 40}, progress=False)
     assert {name: digest for name, digest in snapshot(copy).items() if not name.startswith("tensorboard")} == \

@@ -23,6 +23,7 @@ import numpy as np
 
 import models
 import utils
+from fileio import atomic, npz
 from settings.run import RunConfig
 from training import migration
 from training.checkpoint_names import FIRST_COLUMNS, FORMAT, MODEL, OPTIMIZER, PARTIAL, STATE
@@ -72,7 +73,7 @@ def checkpoint_arrays(config, model, optimizer, extra_state, history, elapsed, p
 def save(model_dir, arrays):
     """Write the checkpoint atomically, then the readable files derived from it."""
     model_dir = Path(model_dir)
-    utils.atomic_write(model_dir / CHECKPOINT_FILE, lambda temporary: np.savez(temporary, **arrays))
+    atomic.atomic_write(model_dir / CHECKPOINT_FILE, lambda temporary: np.savez(temporary, **arrays))
     write_sidecars(model_dir, RunConfig.from_dict(json.loads(str(arrays["config"]))), history_of(arrays))
 
 
@@ -126,7 +127,7 @@ def write_sidecars(model_dir, config, history):
                 continue
         except (OSError, UnicodeDecodeError):
             pass
-        utils.atomic_write_text(path, text)
+        atomic.atomic_write_text(path, text)
 
 
 def read(model_dir):
@@ -141,7 +142,7 @@ def read(model_dir):
     if not path.is_file():
         raise DataError(f"{model_dir} holds no model ({CHECKPOINT_FILE} is missing)")
     try:
-        arrays = utils.read_npz(path)  # checks each array's size before reading it, and never loads a pickle
+        arrays = npz.read_npz(path)  # checks each array's size before reading it, and never loads a pickle
         if "format" not in arrays:
             arrays = migration.from_format_1(arrays)
         if int(arrays["format"]) != FORMAT:

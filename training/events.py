@@ -1,11 +1,11 @@
 """TensorBoard event files of a resumed run: the steps past its checkpoint are dropped."""
 
 import functools
+from fileio import atomic
 from pathlib import Path
 
 import tensorflow as tf
 
-import utils
 
 
 def drop_events_after(folder, step):
@@ -16,12 +16,12 @@ def drop_events_after(folder, step):
     """
     folder = Path(folder)
     for path in folder.glob("events.out.tfevents.*"):
-        utils.remove_stale_temporaries(folder.parent / path.name)
-        utils.remove_stale_temporaries(path)  # where earlier versions put them
+        atomic.remove_stale_temporaries(folder.parent / path.name)
+        atomic.remove_stale_temporaries(path)  # where earlier versions put them
         records, complete = _read_records(path)
         kept = [record for record in records if tf.compat.v1.Event.FromString(record).step <= step]
         if len(kept) < len(records) or not complete:
-            utils.atomic_write(path, functools.partial(_write_records, kept), temporary_folder=folder.parent)
+            atomic.atomic_write(path, functools.partial(_write_records, kept), temporary_folder=folder.parent)
 
 
 def _read_records(path):

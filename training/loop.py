@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-import utils
+from fileio import atomic
 from settings.run import RESUMABLE
 from training import checkpoint, data, lock
 from training.events import drop_events_after
@@ -63,7 +63,7 @@ def prepare_model_dir(model_dir, resume, overwrite):
         raise UsageError(f"--resume: {model_dir} holds no checkpoint to resume from")
     if checkpoint.has_model(model_dir) and not resume and not overwrite:
         raise UsageError(f"{model_dir} already exists; pass --resume to continue it or --overwrite to replace it")
-    utils.check_writable(model_dir / checkpoint.CHECKPOINT_FILE)
+    atomic.check_writable(model_dir / checkpoint.CHECKPOINT_FILE)
 
 
 def train(config, model_dir, overwrite=False, dataset=None, progress=True, label=""):
@@ -235,7 +235,7 @@ def _replaced_records(model_dir):
 def _run(config, model_dir, arrays, dataset, progress, label):
     """The training loop; `arrays` holds the checkpoint of a resumed run, None for a new one."""
     for name in (checkpoint.CHECKPOINT_FILE, checkpoint.CONFIG_FILE, checkpoint.METRICS_FILE):
-        utils.remove_stale_temporaries(model_dir / name)
+        atomic.remove_stale_temporaries(model_dir / name)
     run = _Run(config, model_dir, arrays, dataset or data.load_data(config), progress, label)
     settings = config.training
     with StopRequest() as stop, run.summary_writer.as_default():
