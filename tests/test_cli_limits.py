@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,40 @@ def test_an_output_path_that_is_a_symlink_is_written_through(small_model, tmp_pa
     result = run_cli("sample", "--model-path", small_model, "--output-path", tmp_path / "link.png", "--count", "4")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "link.png").is_symlink() and target.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_help_answers_without_tensorflow():
+    started = time.monotonic()
+    result = run_cli("--help", program="bench.py", timeout=60)
+    assert result.returncode == 0 and "--quick" in result.stdout and result.stderr == ""
+    assert time.monotonic() - started < 3.0, "bench.py --help imported TensorFlow"
+
+
+def test_the_readmes_default_folders_never_collide():
+    """script.py train's default folders, per structure and dataset, and the train scripts' folders are distinct."""
+    import func
+    from experiments import EXPERIMENTS, MODELS_DIR
+
+    folders = [func.default_model_path(func.configure(layer_structure=structure, dataset=dataset))
+               for structure in EXPERIMENTS for dataset in ("mnist", "fashion-mnist")]
+    folders += [Path(MODELS_DIR) / name for name in EXPERIMENTS]
+    assert len(set(folders)) == len(folders)
+    assert Path("saved_models/lwta") in folders  # the quick start's folder, as README.md writes it
+
+
+def test_progress_rates_leave_out_the_first_call_and_agree(monkeypatch):
+    """The first update (after compiling) starts the clock; steps/s and ms/step are one measurement."""
+    import io
+
+    from training import progress
+
+    clock = iter([100.0, 101.0, 103.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    display = progress.Progress(1000, stream=stream)
+    display.update(10, {"training loss": 500.0})  # after 100 s of compiling: no rate yet
+    display.update(110, {})  # 100 steps in 1 s
+    display.update(1000, {})  # 890 more in 2 s: 990 steps in 3 s since the first update
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "step 10/1000  training loss 500.000"
+    assert lines[-1] == "step 1000/1000  330.0 steps/s (3.03 ms/step)  ETA 0 s"

@@ -177,3 +177,19 @@ def test_a_directory_with_stale_readable_copies_repairs_itself_on_the_next_comma
     assert "config.json differed from checkpoint.npz" in result.stderr
     assert (model_dir / checkpoint.CONFIG_FILE).read_text() == config_text
     assert (model_dir / checkpoint.METRICS_FILE).read_text() == metrics_text
+
+
+def test_metrics_record_the_parts_of_the_losses_and_the_active_units(small_model):
+    import csv
+
+    with open(small_model / checkpoint.METRICS_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    last = {name: float(value) for name, value in rows[-1].items()}
+    for split in ("training", "validation"):
+        parts = last[f"{split}_reconstruction"] + last[f"{split}_kl"]
+        assert abs(last[f"{split}_loss"] - parts) < 1e-3 * abs(parts)  # means of float32 numbers
+    model, config = func.load_model(small_model)
+    images = func.evaluation_images(config, func.load_data(config).validation)
+    mean, _ = model.encode(images, training=False)
+    assert last["validation_active_units"] == float(np.sum(np.var(mean.numpy(), axis=0) > 0.01))
+    assert 0 < last["validation_active_units"] <= config.model_config.latent_dim
