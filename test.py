@@ -3,11 +3,13 @@
 MNIST is read from $MNIST_DATA_DIR (set by .ci/run) or Keras's cache/download.
 """
 
+import dataclasses
 import gzip
+import io
 import json
 import math
-import subprocess
-import sys
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +20,11 @@ from PIL import Image
 import func
 import network
 import utils
-from config import TrainConfig
-
-ROOT = Path(__file__).resolve().parent
-
-
-def run_cli(*args, cwd=ROOT):
-    """Run script.py in a subprocess; returns the CompletedProcess (text mode)."""
-    return subprocess.run([sys.executable, str(ROOT / "script.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
-
-
-def tiny_config(**overrides):
-    values = dict(steps=20, train_examples=300, validation_examples=50, hidden_units=40, latent_dim=10,
-                  validation_interval=10)
-    values.update(overrides)
-    return TrainConfig(**values)
+from conftest import run_cli, tiny_config, write_fake_mnist
+from training import checkpoint, data, migration
+from training.loop import Trainer
+from training import progress as training_progress
+from training.progress import Progress
 
 
 # ---------------------------------------------------------------------------
@@ -165,17 +156,19 @@ def test_vae_shapes_and_where_the_competition_applies():
     assert (np.count_nonzero(as_blocks(mean.numpy(), 2), axis=-1) == 1).all()
     assert (np.count_nonzero(as_blocks(log_variance.numpy(), 2), axis=-1) == 1).all()
     # ... unless the competition is restricted to the hidden layers.
-    hidden_only = network.VAE("lwta", compete_latent=False)
+    hidden_only = network.VAE("lwta", lwta_hidden_only=True)
     assert np.count_nonzero(hidden_only.encode(x)[0].numpy()) == 5 * 100
     reconstruction = model(x).numpy()
     assert reconstruction.shape == (5, 784) and ((reconstruction >= 0) & (reconstruction <= 1)).all()  # float32 sigmoid may saturate
-    assert model.decode(mean).shape == (5, 784)
+    # Calling the model reconstructs from the posterior mean: deterministic.
+    np.testing.assert_allclose(reconstruction, model.decode(mean).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(model(x).numpy(), reconstruction)
 
 
 def adjacent_reference(weights, x, structure, block_size):
     """The encoder and decoder means of the original's network (blocks of adjacent units), in NumPy float64.
 
-    `weights` are the model's kernels and biases in the order of model.weights;
+    `weights` are the model's kernels and biases in the order of migration.WEIGHTS;
     p-LWTA is in inference mode, so the result is deterministic.
     """
     def compete(h):
@@ -193,41 +186,113 @@ def adjacent_reference(weights, x, structure, block_size):
     return mean, log_variance, decoded
 
 
+def layer_weights(model):
+    """{"encoder_hidden/kernel": array, ...}: the model's weights named by layer, without the model's name."""
+    return {variable.path.split("/", 1)[1]: variable.numpy() for variable in model.weights}
+
+
 @pytest.mark.parametrize("structure", ["lwta", "p-lwta"])
 def test_strided_blocks_are_the_originals_adjacent_blocks_relabelled(structure):
-    """Weights trained with adjacent blocks, relabelled by adjacent_to_strided, give the original's function."""
+    """Weights trained with adjacent blocks, relabelled by the migration, give the original's function."""
     x = np.random.default_rng(0).random((16, 784))
     model = network.VAE(structure, block_size=4)
-    adjacent_weights = [weight.numpy() for weight in model.weights]
-    network.adjacent_to_strided(model)
+    adjacent = layer_weights(model)
+    assert sorted(adjacent) == sorted(migration.WEIGHTS)
+    relabelled = dict(adjacent)
+    model_config = func.configure(layer_structure=structure, block_size=4).model_config
+    migration.relabel_adjacent_blocks(relabelled, dataclasses.asdict(model_config))
+    for variable in model.weights:
+        variable.assign(relabelled[variable.path.split("/", 1)[1]])
     mean, log_variance = model.encode(tf.constant(x, tf.float32))
-    expected_mean, expected_log_variance, expected_decoded = adjacent_reference(adjacent_weights, x, structure, 4)
-    latent = network.strided_order(100, 4)  # the latent units are relabelled too
+    expected_mean, expected_log_variance, expected_decoded = adjacent_reference(
+        [adjacent[name] for name in migration.WEIGHTS], x, structure, 4)
+    latent = migration.strided_order(100, 4)  # the latent units are relabelled too
     np.testing.assert_allclose(mean.numpy(), expected_mean[:, latent], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(log_variance.numpy(), expected_log_variance[:, latent], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model.decode(mean).numpy(), expected_decoded, rtol=1e-4, atol=1e-5)
 
 
-def test_checkpoint_with_adjacent_blocks_loads_relabelled_and_is_not_resumed(tmp_path):
-    """A checkpoint without the strided-blocks mark is relabelled on loading (the relabelling itself is checked
-    against the original's network above), and is not resumed."""
-    config = tiny_config(layer_structure="lwta", steps=10)
-    func.train(config, tmp_path / "model", progress=False)
-    model, _ = func.load_model(tmp_path / "model")
-    path = tmp_path / "model" / func.CHECKPOINT_FILE
-    with np.load(path) as npz:
-        np.savez(path, **{name: npz[name] for name in npz.files if name != "block_layout"})
-    relabelled = network.VAE(**config.model_arguments())
-    for variable, weight in zip(relabelled.weights, model.weights):
-        variable.assign(weight)
-    network.adjacent_to_strided(relabelled)
+def adjacent_from_strided(values, model_config):
+    """The adjacent-block weights (or Adam moments) {"layer/kind": array} whose relabelling into strided blocks
+    gives `values`: the inverse of the migration, spelled out with index arrays."""
+    pixels = np.arange(utils.PIXELS)
+    hidden = migration.strided_order(model_config["hidden_units"], model_config["block_size"])
+    latent = (np.arange(model_config["latent_dim"]) if model_config["lwta_hidden_only"]
+              else migration.strided_order(model_config["latent_dim"], model_config["block_size"]))
+    adjacent = {}
+    for layer, inputs, outputs in (("encoder_hidden", pixels, hidden), ("mean", hidden, latent),
+                                   ("log_variance", hidden, latent), ("decoder_hidden", latent, hidden),
+                                   ("decoder_output", hidden, pixels)):
+        kernel, bias = values[f"{layer}/kernel"], values[f"{layer}/bias"]
+        adjacent[f"{layer}/kernel"] = np.empty_like(kernel)
+        adjacent[f"{layer}/kernel"][np.ix_(inputs, outputs)] = kernel
+        adjacent[f"{layer}/bias"] = np.empty_like(bias)
+        adjacent[f"{layer}/bias"][outputs] = bias
+    return adjacent
 
-    loaded, _ = func.load_model(tmp_path / "model")
+
+def write_format_1(model_dir, block_layout=None):
+    """Rewrite the checkpoint of `model_dir` in format 1: arrays named by position (the weights, then Adam's
+    iteration, learning rate and moments), one flat configuration with `compete_latent`, a four-column history.
+
+    Without a `block_layout` mark (the earliest checkpoints) or with "adjacent", the weights and Adam's
+    moments are stored in adjacent blocks, so that loading must relabel them back into today's arrays.
+    """
+    path = model_dir / checkpoint.CHECKPOINT_FILE
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    config = json.loads(str(arrays["config"]))
+    weights = {name: arrays[f"model/vae/{name}"] for name in migration.WEIGHTS}
+    moments = [{name: arrays[f"optimizer/adam/vae_{name.replace('/', '_')}_{kind}"] for name in migration.WEIGHTS}
+               for kind in ("momentum", "velocity")]
+    if block_layout in (None, "adjacent"):
+        weights, *moments = (adjacent_from_strided(values, config["model_config"]) for values in (weights, *moments))
+    old = {f"model_{index:03d}": weights[name] for index, name in enumerate(migration.WEIGHTS)}
+    old["optimizer_000"] = arrays["optimizer/adam/iteration"]
+    old["optimizer_001"] = arrays["optimizer/adam/learning_rate"]
+    for index, name in enumerate(migration.WEIGHTS):
+        old[f"optimizer_{2 + 2 * index:03d}"], old[f"optimizer_{3 + 2 * index:03d}"] = (m[name] for m in moments)
+    flat = {**config["model_config"], **config["training"]}
+    flat["compete_latent"] = not flat.pop("lwta_hidden_only")
+    old["config"] = np.array(json.dumps(flat))
+    old["history"] = arrays["history"][:, :4]
+    old["elapsed"] = arrays["elapsed"]
+    if block_layout is not None:
+        old["block_layout"] = np.array(block_layout)
+    np.savez(path, **old)
+
+
+def test_checkpoint_with_adjacent_blocks_loads_relabelled_and_resumes(tmp_path):
+    """A format-1 checkpoint without the strided-blocks mark is relabelled on loading (the relabelling itself is
+    checked against the original's network above), Adam's moments with it, so it resumes to the same run."""
+    config = tiny_config(layer_structure="lwta", steps=10)
+    func.train(config, tmp_path / "strided", progress=False)
+    shutil.copytree(tmp_path / "strided", tmp_path / "adjacent")
+    write_format_1(tmp_path / "adjacent")
+    model, _ = func.load_model(tmp_path / "strided")
+    with np.load(tmp_path / "adjacent" / checkpoint.CHECKPOINT_FILE) as npz:
+        assert "format" not in npz.files and "block_layout" not in npz.files
+        assert not np.array_equal(npz["model_000"], model.encoder_hidden.kernel.numpy())  # the units are permuted
+
+    loaded, loaded_config = func.load_model(tmp_path / "adjacent")
+    assert loaded_config == config
+    for variable, expected in zip(loaded.weights, model.weights):
+        np.testing.assert_array_equal(variable.numpy(), expected.numpy(), err_msg=variable.path)
     x = func.load_data(config).validation.images[:8]
-    np.testing.assert_array_equal(loaded.encode(x)[0].numpy(), relabelled.encode(x)[0].numpy())
-    assert not np.allclose(loaded.encode(x)[0].numpy(), model.encode(x)[0].numpy(), atol=1e-3)
-    with pytest.raises(utils.DataError, match="adjacent LWTA blocks"):
-        func.resume(tmp_path / "model", {"steps": 20}, progress=False)
+    np.testing.assert_array_equal(loaded.encode(x)[0].numpy(), model.encode(x)[0].numpy())
+
+    strided = func.resume(tmp_path / "strided", {"steps": 20}, progress=False)
+    adjacent = func.resume(tmp_path / "adjacent", {"steps": 20}, progress=False)
+    first = ("step", "training_loss", "validation_loss")
+    assert [[row[column] for column in first] for row in adjacent] == [[row[column] for column in first]
+                                                                       for row in strided]
+    with np.load(tmp_path / "strided" / checkpoint.CHECKPOINT_FILE) as expected, \
+            np.load(tmp_path / "adjacent" / checkpoint.CHECKPOINT_FILE) as resumed:
+        assert int(resumed["format"]) == 2
+        state = [name for name in expected.files if name.startswith(("model/", "optimizer/"))]
+        assert sorted(state) == sorted(name for name in resumed.files if name.startswith(("model/", "optimizer/")))
+        for name in state:
+            np.testing.assert_array_equal(resumed[name], expected[name], err_msg=name)
 
 
 def test_initialisation_is_truncated_normal_with_stddev_0_1():
@@ -288,16 +353,6 @@ def test_idx_round_trip(tmp_path):
     utils.write_idx(tmp_path / "labels.gz", labels)
     np.testing.assert_array_equal(utils.read_idx(tmp_path / "images.gz"), images)
     np.testing.assert_array_equal(utils.read_idx(tmp_path / "labels.gz"), labels)
-
-
-def write_fake_mnist(folder, train=6000, test=20):
-    """Four IDX files whose every image is filled with its own index (mod 256), so splits can be checked."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, count in (("train", train), ("t10k", test)):
-        images = np.broadcast_to((np.arange(count) % 256).astype(np.uint8)[:, None, None], (count, 28, 28))
-        utils.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        utils.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count) % 10)
-    return folder
 
 
 def test_splits_follow_the_original(tmp_path):
@@ -363,10 +418,10 @@ def test_missing_folder_and_missing_files_are_clear_errors(tmp_path):
 
 
 def test_batches_cover_each_epoch_once_and_straddle_epochs():
-    indices = func.batch_indices(seed=3, first_step=0, steps=7, batch_size=30, examples=100).ravel()
+    indices = data.batch_indices(seed=3, first_step=0, steps=7, batch_size=30, examples=100).ravel()
     assert sorted(indices[:100]) == list(range(100)) and sorted(indices[100:200]) == list(range(100))
     assert (indices[:100] != indices[100:200]).any(), "reshuffled every epoch"
-    later = func.batch_indices(seed=3, first_step=4, steps=3, batch_size=30, examples=100).ravel()
+    later = data.batch_indices(seed=3, first_step=4, steps=3, batch_size=30, examples=100).ravel()
     np.testing.assert_array_equal(later, indices[120:210])
 
 
@@ -374,15 +429,25 @@ def test_batches_cover_each_epoch_once_and_straddle_epochs():
 # Training, saving, loading
 
 
+METRIC_COLUMNS = ("step", "training_loss", "validation_loss", "elapsed_seconds", "training_reconstruction",
+                  "training_kl", "validation_reconstruction", "validation_kl", "validation_active_units")
+
+
+def without_time(history):
+    """The rows of a metrics history without their (machine-dependent) elapsed_seconds."""
+    return [{column: value for column, value in row.items() if column != "elapsed_seconds"} for row in history]
+
+
 def test_same_seed_same_numbers_and_another_seed_differs(tmp_path):
     dataset = utils.load_dataset(train_examples=300, validation_examples=50)
     runs = {name: func.train(tiny_config(layer_structure="p-lwta", seed=seed), tmp_path / name, dataset=dataset,
                              progress=False)
             for name, seed in (("a", 5), ("b", 5), ("c", 6))}
-    losses = {name: [row[1:3] for row in history] for name, history in runs.items()}
+    assert all(tuple(row) == METRIC_COLUMNS for history in runs.values() for row in history)
+    losses = {name: without_time(history) for name, history in runs.items()}
     assert losses["a"] == losses["b"]
-    assert losses["a"] != losses["c"]
-    assert func.read_metrics_csv(tmp_path / "a" / "metrics.csv")[-1][:3] == runs["a"][-1][:3]
+    assert [row["validation_loss"] for row in losses["a"]] != [row["validation_loss"] for row in losses["c"]]
+    assert without_time(checkpoint.read_metrics_csv(tmp_path / "a" / checkpoint.METRICS_FILE)) == losses["a"]
 
 
 @pytest.mark.parametrize("structure", network.LAYER_STRUCTURES)
@@ -390,16 +455,23 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, structure):
     dataset = utils.load_dataset(train_examples=300, validation_examples=50)
     config = tiny_config(layer_structure=structure, steps=10)
     func.train(config, tmp_path / "model", dataset=dataset, progress=False)
-    trainer = func.Trainer(config, dataset.train.images, dataset.validation.images)
-    func._restore_training_state(trainer, tmp_path / "model", func.read_checkpoint(tmp_path / "model")[1])
+    trainer = Trainer(config, dataset.train.images, dataset.validation.images)
+    saved_config, arrays = checkpoint.read(tmp_path / "model")
+    assert saved_config == config
+    trainer.restore(arrays, tmp_path / "model")
+    assert trainer.step() == 10
     loaded, loaded_config = func.load_model(tmp_path / "model")
     assert loaded_config == config
     x = tf.constant(dataset.validation.images[:8])
     seed = tf.constant([1, 2], tf.int64)
     for training in (False, True):
-        np.testing.assert_array_equal(loaded(x, training=training, seed=seed).numpy(),
-                                      trainer.model(x, training=training, seed=seed).numpy())
-    assert json.loads((tmp_path / "model" / "config.json").read_text())["layer_structure"] == structure
+        for loaded_part, trained_part in zip(loaded.forward(x, training=training, seed=seed),
+                                             trainer.model.forward(x, training=training, seed=seed)):
+            np.testing.assert_array_equal(loaded_part.numpy(), trained_part.numpy())
+    np.testing.assert_array_equal(loaded(x).numpy(), trainer.model(x).numpy())
+    saved = json.loads((tmp_path / "model" / checkpoint.CONFIG_FILE).read_text())
+    assert saved["model"] == "vae" and saved["model_config"]["layer_structure"] == structure
+    assert saved["training"]["steps"] == 10
 
 
 def test_validation_loss_is_the_negative_elbo_in_inference_mode(tmp_path):
@@ -408,15 +480,25 @@ def test_validation_loss_is_the_negative_elbo_in_inference_mode(tmp_path):
     history = func.train(config, tmp_path / "model", dataset=dataset, progress=False)
     model, _ = func.load_model(tmp_path / "model")
     x = tf.constant(dataset.validation.images)
-    seed = network.fold_in(func._stream_seed(config.seed, func._VALIDATION_STREAM), 10)
-    mean, log_variance, logits = model.forward(x, training=False, seed=seed)
-    expected = tf.reduce_mean(utils.negative_elbo(x, mean, log_variance, logits, "mse")[0]).numpy()
-    assert history[-1][2] == pytest.approx(float(expected), rel=1e-6)
+    # The validation noise of step 10: the run's seed, its validation stream, then the step.
+    stream = network.fold_in(tf.constant([config.training.seed, 0], tf.int64), data.VALIDATION_STREAM)
+    mean, log_variance, logits = model.forward(x, training=False, seed=network.fold_in(stream, 10))
+    total, reconstruction, kl = (tf.reduce_mean(part).numpy()
+                                 for part in utils.negative_elbo(x, mean, log_variance, logits, "mse"))
+    assert history[-1]["validation_loss"] == pytest.approx(float(total), rel=1e-6)
+    assert history[-1]["validation_reconstruction"] == pytest.approx(float(reconstruction), rel=1e-6)
+    assert history[-1]["validation_kl"] == pytest.approx(float(kl), rel=1e-5)
+    # Active units (Burda et al. 2015): latent units whose posterior mean varies across the images by more than 0.01.
+    assert history[-1]["validation_active_units"] == np.count_nonzero(np.var(mean.numpy(), axis=0) > 0.01)
 
 
 def test_training_lowers_the_validation_loss(tmp_path):
     history = func.train(tiny_config(steps=60), tmp_path / "model", progress=False)
-    assert history[-1][2] < history[0][2] - 10
+    assert history[-1]["validation_loss"] < history[0]["validation_loss"] - 10
+    for row in history:
+        for split in ("training", "validation"):
+            assert row[f"{split}_loss"] == pytest.approx(row[f"{split}_reconstruction"] + row[f"{split}_kl"],
+                                                         rel=1e-5)
 
 
 def test_cli_train_then_reconstruct(tmp_path):
@@ -426,11 +508,13 @@ def test_cli_train_then_reconstruct(tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert {"checkpoint.npz", "config.json", "metrics.csv", "tensorboard"} <= {p.name for p in model_dir.iterdir()}
     assert any((model_dir / "tensorboard").iterdir())
-    rows = func.read_metrics_csv(model_dir / "metrics.csv")
-    assert [row[0] for row in rows] == [10, 20]
-    assert (model_dir / "metrics.csv").read_text().splitlines()[0] == "step,training_loss,validation_loss,elapsed_seconds"
+    rows = checkpoint.read_metrics_csv(model_dir / "metrics.csv")
+    assert [row["step"] for row in rows] == [10, 20]
+    assert (model_dir / "metrics.csv").read_text().splitlines()[0] == ",".join(METRIC_COLUMNS)
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["layer_structure"] == "lwta" and config["steps"] == 20 and config["learning_rate"] == 0.001
+    assert config["format"] == 2 and config["model"] == "vae"
+    assert config["model_config"]["layer_structure"] == "lwta"
+    assert config["training"]["steps"] == 20 and config["training"]["learning_rate"] == 0.001
 
     for spelling in ("--mnist_index", "--mnist-index"):
         output = tmp_path / f"digit{spelling}"  # ".png" is appended
@@ -441,11 +525,17 @@ def test_cli_train_then_reconstruct(tmp_path):
 
     grid = run_cli("reconstruct", "--model-path", model_dir, "--output-path", tmp_path / "grid.png", "--grid", 5)
     assert grid.returncode == 0, grid.stderr
-    assert Image.open(tmp_path / "grid.png").size == (140, 56)
+    # The 5 originals over their reconstructions, 2 pixels apart, with a 1-pixel line between the rows.
+    assert Image.open(tmp_path / "grid.png").size == (5 * 28 + 4 * 2, 2 * 28 + 1)
 
     wrong = run_cli("reconstruct", "--model-path", model_dir, "--output-path", tmp_path / "x.png",
                     "--layer-structure", "none")
     assert wrong.returncode == 2 and "disagrees" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_default_model_folder_is_named_after_the_layer_structure_and_the_dataset():
+    assert func.default_model_path(func.configure(layer_structure="p-lwta")) == Path("saved_models/p-lwta")
+    assert func.default_model_path(func.configure(dataset="fashion-mnist")) == Path("saved_models/none-fashion-mnist")
 
 
 def test_reconstruct_decodes_the_posterior_mean_unless_sampling(tmp_path):
@@ -462,17 +552,30 @@ def test_reconstruct_decodes_the_posterior_mean_unless_sampling(tmp_path):
     np.testing.assert_array_equal(pixels[0], utils.to_uint8(model.decode(mean).numpy().reshape(28, 28)))
 
 
-def test_progress_lines_show_the_rate_since_the_previous_line(monkeypatch, capsys):
+def test_progress_lines_show_the_rate_since_the_first_update(monkeypatch):
+    """Not on a terminal: a line every tenth of the steps; the rate and the ETA count from the first update, which
+    comes after the first compiled call, so they leave out the compiling."""
     clock = [0.0]
-    monkeypatch.setattr(func.time, "perf_counter", lambda: clock[0])
-    progress = func._Progress(100, metrics=("loss",))  # not a terminal under pytest: a line every 10 steps
+    monkeypatch.setattr(training_progress.time, "perf_counter", lambda: clock[0])
+    stream = io.StringIO()
+    progress = Progress(100, stream=stream)
+    clock[0] = 100.0  # the first call compiled for 100 s
     for update, done in enumerate(range(5, 101, 5)):
-        clock[0] += 1 if update % 2 == 0 else 4  # 5 steps in 1 s, the next 5 in 4 s, and so on
+        if update:
+            clock[0] += 1 if update % 2 else 4  # 5 steps in 1 s, the next 5 in 4 s, and so on
         progress.update(done, {"loss": 1.0})
-    lines = capsys.readouterr().out.splitlines()
+    lines = stream.getvalue().splitlines()
     assert [line.split()[1] for line in lines] == [f"{done}/100" for done in (5, 15, 25, 35, 45, 55, 65, 75, 85, 95, 100)]
-    rates = [line.split("loss 1.000")[1].strip() for line in lines]
-    assert rates == ["5 steps/s"] + ["2 steps/s"] * 9 + ["1 steps/s"], rates  # 10 steps in 5 s between lines
+    assert lines[0] == "step 5/100  loss 1.000"  # no rate yet
+    for line, done in zip(lines[1:-1], range(15, 100, 10)):
+        assert "  loss 1.000  2.0 steps/s (500.00 ms/step)  ETA " in line, line  # 10 steps every 5 s
+        eta = int(re.fullmatch(r".*ETA (\d+) s", line).group(1))
+        assert abs(eta - (100 - done) / 2) <= 0.5, line
+    assert lines[-1] == "step 100/100  loss 1.000  2.1 steps/s (484.21 ms/step)  ETA 0 s"  # 95 steps in 46 s
+
+
+def numpy_metrics(metrics):
+    return {name: value.numpy() for name, value in metrics.items()}
 
 
 @pytest.mark.parametrize("structure", network.LAYER_STRUCTURES)
@@ -481,22 +584,31 @@ def test_fast_path_equals_the_straightforward_step(structure):
     same weights, batches and noise (seeded draws are alike on both paths), so the same losses and updates."""
     dataset = utils.load_dataset(train_examples=300, validation_examples=50)
     config = tiny_config(layer_structure=structure, batch_size=32)
-    indices = func.batch_indices(config.seed, 0, 12, config.batch_size, 300)
-    fast = func.Trainer(config, dataset.train.images, dataset.validation.images)
-    fast_losses = fast.train_interval(tf.constant(0, tf.int64), tf.constant(indices)).numpy()
-    plain = func.Trainer(config, dataset.train.images, dataset.validation.images, jit_compile=False)
+    indices = data.batch_indices(config.training.seed, 0, 12, config.training.batch_size, 300)
+    fast = Trainer(config, dataset.train.images, dataset.validation.images)
+    fast_metrics = numpy_metrics(fast.train_interval(tf.constant(0, tf.int64), tf.constant(indices)))
+    assert set(fast_metrics) == {"loss", "reconstruction", "kl"}
+    assert all(values.shape == (12,) for values in fast_metrics.values())
+    plain = Trainer(config, dataset.train.images, dataset.validation.images, jit_compile=False)
     one_step = tf.function(plain.train_step)
-    plain_losses = [one_step(tf.constant(dataset.train.images[batch]), tf.constant(step, tf.int64)).numpy()
-                    for step, batch in enumerate(indices)]
-    np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-5)
+    plain_steps = [numpy_metrics(one_step(tf.constant(dataset.train.images[batch]), tf.constant(step, tf.int64)))
+                   for step, batch in enumerate(indices)]
+    for name, values in fast_metrics.items():
+        np.testing.assert_allclose(values, [metrics[name] for metrics in plain_steps], rtol=1e-5,
+                                   err_msg=name)
     for fast_weight, plain_weight in zip(fast.model.weights, plain.model.weights):
         np.testing.assert_allclose(fast_weight.numpy(), plain_weight.numpy(), rtol=1e-4, atol=1e-6)
     assert fast.step() == plain.step() == 12
-    np.testing.assert_allclose(fast.validation_loss(tf.constant(12, tf.int64)).numpy(),
-                               plain.validation_loss(tf.constant(12, tf.int64)).numpy(), rtol=1e-5)
+    fast_validation = numpy_metrics(fast.validation_metrics(tf.constant(12, tf.int64)))
+    plain_validation = numpy_metrics(plain.validation_metrics(tf.constant(12, tf.int64)))
+    assert set(fast_validation) == set(plain_validation) == {"loss", "reconstruction", "kl", "active_units"}
+    for name in fast_validation:
+        np.testing.assert_allclose(fast_validation[name], plain_validation[name], rtol=1e-5, err_msg=name)
     # Same seed, same path: identical.  A wrong step index or batch would break the match above.
-    again = func.Trainer(config, dataset.train.images, dataset.validation.images)
-    np.testing.assert_array_equal(again.train_interval(tf.constant(0, tf.int64), tf.constant(indices)).numpy(), fast_losses)
+    again = Trainer(config, dataset.train.images, dataset.validation.images)
+    again_metrics = numpy_metrics(again.train_interval(tf.constant(0, tf.int64), tf.constant(indices)))
+    for name, values in fast_metrics.items():
+        np.testing.assert_array_equal(again_metrics[name], values, err_msg=name)
 
 
 def test_p_lwta_frequencies_inside_compiled_code():

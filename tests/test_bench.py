@@ -1,17 +1,13 @@
 """bench.py --quick runs end to end and writes the table it prints as JSON."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import run_cli
 
 
 def test_quick_benchmark_writes_its_table_as_json(tmp_path):
     path = tmp_path / "bench.json"
-    finished = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--quick", "--json", str(path)],
-                              capture_output=True, text=True, timeout=900, cwd=ROOT)
+    finished = run_cli("--quick", "--json", path, program="bench.py", timeout=900)
     assert finished.returncode == 0, finished.stderr[-2000:]
     results = json.loads(path.read_text())
 

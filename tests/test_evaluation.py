@@ -9,7 +9,9 @@ script.main, the code path of the command line.
 import csv
 import json
 import math
+import os
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +19,16 @@ import tensorflow as tf
 from PIL import Image
 
 import func
+import models
 import network
 import script
 import utils
-from config import DEFAULT_CHUNK_SIZE, MANIFOLD_SIDE, MAX_CHUNK_IMAGES, TrainConfig
+from evaluation import DEFAULT_CHUNK_SIZE, MAX_CHUNK_IMAGES
+from evaluation.importance import chunk_shape, importance_weighted_bounds, posterior_samples
+from models.vae import family as vae_family
+from pictures.draw import MANIFOLD_SIDE, manifold, manifold_values, principal_plane
+from training import checkpoint, data
+from training.loop import Trainer
 
 TINY = ["--steps", "10", "--train-examples", "200", "--validation-examples", "50", "--hidden-units", "20",
         "--latent-dim", "2"]
@@ -93,7 +101,7 @@ class LinearGaussian:
         log_q = -0.5 * np.sum(epsilon**2 + log_variance[:, None] + math.log(2 * math.pi), axis=-1)
         return log_likelihood + log_prior - log_q
 
-    # The callables of func.importance_weighted_bounds, in TensorFlow.
+    # The callables of importance_weighted_bounds, in TensorFlow.
 
     def encode(self, x):
         gain, bias = tf.constant(self.gain, tf.float32), tf.constant(self.bias, tf.float32)
@@ -107,7 +115,7 @@ class LinearGaussian:
 
 
 def bounds(model, x, importance_samples, seed, chunk_size=DEFAULT_CHUNK_SIZE):
-    return func.importance_weighted_bounds(model.encode, model.log_likelihood, x, importance_samples, chunk_size, seed)
+    return importance_weighted_bounds(model.encode, model.log_likelihood, x, importance_samples, chunk_size, seed)
 
 
 def test_the_estimate_approaches_the_exact_log_likelihood_as_k_grows():
@@ -139,24 +147,24 @@ def test_the_numbers_do_not_depend_on_the_chunking():
     model = network.VAE("p-lwta", hidden_units=20, latent_dim=4)
     log_likelihood = lambda x, z: -utils.reconstruction_loss(x, model.decode_logits(z), "mse")  # noqa: E731
     images = np.random.default_rng(7).random((7, utils.PIXELS), dtype=np.float32)
-    one_call = func.importance_weighted_bounds(model.encode, log_likelihood, images, 10, chunk_size=70, seed=8)
+    one_call = importance_weighted_bounds(model.encode, log_likelihood, images, 10, chunk_size=70, seed=8)
     # 3: one image and 3 samples per call (the last sample chunk padded); 25: 2 images of 10 samples (the
     # last image chunk padded).
-    assert func.chunk_shape(7, 10, 3) == (1, 3) and func.chunk_shape(7, 10, 25) == (2, 10)
-    assert func.chunk_shape(7, 10, 1000) == (7, 10)  # never more images per call than there are
-    assert func.chunk_shape(1000, 1, 25000) == (MAX_CHUNK_IMAGES, 1)  # each image's draw is in the graph
+    assert chunk_shape(7, 10, 3) == (1, 3) and chunk_shape(7, 10, 25) == (2, 10)
+    assert chunk_shape(7, 10, 1000) == (7, 10)  # never more images per call than there are
+    assert chunk_shape(1000, 1, 25000) == (MAX_CHUNK_IMAGES, 1)  # each image's draw is in the graph
     for chunk_size in (3, 25):
-        chunked = func.importance_weighted_bounds(model.encode, log_likelihood, images, 10, chunk_size, seed=8)
+        chunked = importance_weighted_bounds(model.encode, log_likelihood, images, 10, chunk_size, seed=8)
         for expected, actual in zip(one_call, chunked):
             np.testing.assert_allclose(actual, expected, rtol=1e-5)
-    other_seed = func.importance_weighted_bounds(model.encode, log_likelihood, images, 10, chunk_size=70, seed=9)
+    other_seed = importance_weighted_bounds(model.encode, log_likelihood, images, 10, chunk_size=70, seed=9)
     assert not np.allclose(other_seed[0], one_call[0], rtol=1e-6)
 
 
 def test_posterior_samples_give_z_and_the_log_density_ratio():
     rng = np.random.default_rng(12)
     mean, log_variance, noise = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), rng.normal(size=(3, 5, 4))
-    z, log_prior_ratio = func.posterior_samples(*(tf.constant(array, tf.float32) for array in (mean, log_variance, noise)))
+    z, log_prior_ratio = posterior_samples(*(tf.constant(array, tf.float32) for array in (mean, log_variance, noise)))
     expected_z = mean[:, None] + np.exp(0.5 * log_variance)[:, None] * noise
     log_p_z = -0.5 * np.sum(expected_z**2 + math.log(2 * math.pi), axis=-1)
     log_q_z = -0.5 * np.sum(noise**2 + log_variance[:, None] + math.log(2 * math.pi), axis=-1)
@@ -167,13 +175,13 @@ def test_posterior_samples_give_z_and_the_log_density_ratio():
 @pytest.mark.parametrize("loss", utils.LOSSES)
 @pytest.mark.parametrize("layer_structure", network.LAYER_STRUCTURES)
 def test_the_decoder_likelihood_in_parts_equals_one_pass(layer_structure, loss, monkeypatch):
-    monkeypatch.setattr(func, "DECODE_ROWS", 4)  # 2 images x 7 samples: decoded as 3 parts of 3, 2 and 2 samples
+    monkeypatch.setattr(vae_family, "DECODE_ROWS", 4)  # 2 images x 7 samples: decoded as 3 parts of 3, 2 and 2 samples
     model = network.VAE(layer_structure, hidden_units=20, latent_dim=4)
     rng = np.random.default_rng(11)
     x = tf.constant(rng.random((2, 1, utils.PIXELS), dtype=np.float32))
     z = tf.constant(rng.normal(size=(2, 7, 4)).astype(np.float32))
     expected = -utils.reconstruction_loss(tf.broadcast_to(x, (2, 7, utils.PIXELS)), model.decode_logits(z), loss)
-    actual = tf.function(func.decoder_log_likelihood(model, loss))(x, z)
+    actual = tf.function(vae_family.decoder_log_likelihood(model, loss))(x, z)
     np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-5)
 
 
@@ -207,18 +215,18 @@ def test_binarize_is_a_seeded_bernoulli_draw():
 
 def test_static_binarization_is_one_fixed_draw():
     split = utils.Split(grey_images(), np.zeros(300, np.int64))
-    config = TrainConfig(binarize="static")
-    first = func.training_images(config, split)
+    config = func.configure(binarize="static")
+    first = data.training_images(config, split)
     assert_bernoulli(first, split.images)
-    np.testing.assert_array_equal(func.training_images(config, split), first)
+    np.testing.assert_array_equal(data.training_images(config, split), first)
     np.testing.assert_array_equal(func.evaluation_images(config, split), func.evaluation_images(config, split))
-    assert func.training_images(TrainConfig(binarize="none"), split) is split.images
+    assert data.training_images(func.configure(binarize="none"), split) is split.images
 
 
 def test_dynamic_binarization_draws_anew_every_step(monkeypatch):
     grey = grey_images(100)
-    config = TrainConfig(binarize="dynamic", hidden_units=20, latent_dim=2, train_examples=100)
-    trainer = func.Trainer(config, func.training_images(config, utils.Split(grey, np.zeros(100))), grey[:10])
+    config = func.configure(binarize="dynamic", hidden_units=20, latent_dim=2, train_examples=100)
+    trainer = Trainer(config, data.training_images(config, utils.Split(grey, np.zeros(100))), grey[:10])
     seen = []
     forward = trainer.model.forward
 
@@ -251,13 +259,19 @@ def model_dir(tmp_path_factory):
     return train(tmp_path_factory.mktemp("model") / "tiny")
 
 
-def evaluate(model_dir, *flags):
+def evaluate(model_dir, capsys, *flags):
+    """Run the evaluate command; returns (the results in the file it says it wrote, its output)."""
     assert script.main(["evaluate", "--model-path", str(model_dir), *flags]) == 0
-    return json.loads((model_dir / func.EVALUATION_FILE).read_text())
+    output = capsys.readouterr().out
+    written = [line.removeprefix("wrote ") for line in output.splitlines() if line.startswith("wrote ")]
+    assert len(written) == 1, output
+    path = Path(written[0])
+    assert path.is_file() and model_dir in path.parents, path
+    return json.loads(path.read_text()), output
 
 
 def final_validation_loss(model_dir):
-    with open(model_dir / func.METRICS_FILE, newline="") as handle:
+    with open(model_dir / checkpoint.METRICS_FILE, newline="") as handle:
         return float(list(csv.DictReader(handle))[-1]["validation_loss"])
 
 
@@ -285,20 +299,21 @@ def assert_kl_of_the_right_images(results, model_dir):
 
 
 def test_evaluate_reports_and_writes_the_bounds(model_dir, capsys):
-    results = evaluate(model_dir, "--importance-samples", "20", "--limit", "30", "--chunk-size", "100", "--seed", "3")
-    output = capsys.readouterr().out
-    assert "-log p(x), importance-weighted" in output and func.EVALUATION_FILE in output
+    results, output = evaluate(model_dir, capsys, "--importance-samples", "20", "--limit", "30", "--chunk-size", "100",
+                               "--seed", "3")
+    assert "-log p(x), importance-weighted" in output
     assert set(results) == {"settings", "nats_per_image", "seconds"}
-    assert {key: results["settings"][key] for key in ("split", "importance_samples", "chunk_size", "seed", "images")} == {
-        "split": "test", "importance_samples": 20, "chunk_size": 100, "seed": 3, "images": 30}
-    assert results["settings"]["model"]["latent_dim"] == 2
+    assert {key: results["settings"][key] for key in ("split", "importance_samples", "chunk_size", "seed", "images",
+                                                      "trained_steps")} == {
+        "split": "test", "importance_samples": 20, "chunk_size": 100, "seed": 3, "images": 30, "trained_steps": 10}
+    assert results["settings"]["model"]["model_config"]["latent_dim"] == 2
     numbers = results["nats_per_image"]
     assert set(numbers) == {"negative_log_likelihood", "negative_elbo", "reconstruction", "kl"}
     assert all(set(value) == {"mean", "standard_error"} for value in numbers.values())
     assert numbers["negative_elbo"]["mean"] == pytest.approx(numbers["reconstruction"]["mean"] + numbers["kl"]["mean"])
     assert_kl_of_the_right_images(results, model_dir)
-    assert_matches_the_validation_loss(evaluate(model_dir, "--split", "validation", "--importance-samples", "20"),
-                                       model_dir)
+    assert_matches_the_validation_loss(
+        evaluate(model_dir, capsys, "--split", "validation", "--importance-samples", "20")[0], model_dir)
 
 
 def test_evaluate_rejects_bad_input_in_one_line(model_dir, tmp_path, capsys, monkeypatch):
@@ -308,7 +323,7 @@ def test_evaluate_rejects_bad_input_in_one_line(model_dir, tmp_path, capsys, mon
     assert script.main(["evaluate", "--model-path", str(tmp_path / "nowhere")]) == 1
     assert "does not exist" in capsys.readouterr().err
     # An unwritable model directory (simulated: root may write anywhere) fails before any work.
-    monkeypatch.setattr(utils.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
     assert script.main(["evaluate", "--model-path", str(model_dir), "--limit", "1"]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "cannot write" in error[0]
@@ -321,7 +336,8 @@ def test_sample_writes_a_seeded_grid(model_dir, tmp_path):
         assert script.main(["sample", "--model-path", str(model_dir), "--output-path", str(tmp_path / name),
                             "--count", "10", "--seed", str(seed)]) == 0
         with Image.open(tmp_path / f"{name}.png") as image:
-            assert image.mode == "L" and image.size == (4 * 28, 3 * 28)  # 10 digits in 4 columns
+            # 10 digits in 4 columns, 2 pixels apart
+            assert image.mode == "L" and image.size == (4 * 28 + 3 * 2, 3 * 28 + 2 * 2)
             return np.asarray(image)
 
     first = draw("first", seed=3)
@@ -335,19 +351,23 @@ def test_latent_writes_the_scatter_and_the_manifold(model_dir, tmp_path):
     with Image.open(tmp_path / "latent.png") as image:
         assert image.format == "PNG" and image.size == (7 * 120, 6 * 120)
     with Image.open(tmp_path / "latent_manifold.png") as image:
-        assert image.mode == "L" and image.size == (20 * 28, 20 * 28)
-        manifold = np.asarray(image)
-    model, _ = func.load_model(model_dir)
+        assert image.format == "PNG" and image.mode in ("RGB", "RGBA")  # a figure with z1 and z2 axes
+        assert image.size[0] > 20 * 28 and image.size[1] > 20 * 28
+    model, config = func.load_model(model_dir)
+    values = manifold_values()
+    assert len(values) == MANIFOLD_SIDE
+    grid = manifold(models.family(config.model), model, values)
     corner = statistics.NormalDist().inv_cdf(0.5 / MANIFOLD_SIDE)  # top left: smallest z1, largest z2
+    assert values[0] == pytest.approx(corner) and values[-1] == pytest.approx(-corner)
     top_left = model.decode(np.array([[corner, -corner]], np.float32)).numpy().reshape(28, 28)
-    np.testing.assert_array_equal(manifold[:28, :28], utils.to_uint8(top_left))
+    np.testing.assert_allclose(grid[:28, :28], top_left, rtol=1e-5, atol=1e-6)
 
 
 def test_principal_plane_keeps_the_geometry_of_planar_codes():
     rng = np.random.default_rng(10)
     plane = rng.normal(size=(50, 2)) * [3.0, 1.0]
     basis = np.linalg.qr(rng.normal(size=(5, 2)))[0]  # orthonormal columns in a 5-D latent space
-    coordinates, names = func.principal_plane(plane @ basis.T + 7.0)
+    coordinates, names = principal_plane(plane @ basis.T + 7.0)
     distances = lambda points: np.linalg.norm(points[:, None] - points[None], axis=-1)  # noqa: E731
     np.testing.assert_allclose(distances(coordinates), distances(plane), atol=1e-9)
     assert names[0].startswith("principal component 1") and "%" in names[0]
@@ -362,10 +382,10 @@ def test_output_in_an_unwritable_folder_is_a_one_line_error(model_dir, tmp_path,
     assert len(error) == 1 and "cannot write" in error[0]
 
 
-def test_fashion_mnist_trains_and_evaluates(tmp_path):
+def test_fashion_mnist_trains_and_evaluates(tmp_path, capsys):
     """Also a binarized model with the Bernoulli decoder: evaluate must see the images as training did."""
     model_dir = train(tmp_path / "fashion", "--dataset", "fashion-mnist", "--binarize", "static", "--loss", "bce")
-    results = evaluate(model_dir, "--split", "validation", "--importance-samples", "10")
-    assert results["settings"]["model"]["dataset"] == "fashion-mnist"
+    results, _ = evaluate(model_dir, capsys, "--split", "validation", "--importance-samples", "10")
+    assert results["settings"]["model"]["training"]["dataset"] == "fashion-mnist"
     assert_kl_of_the_right_images(results, model_dir)
     assert_matches_the_validation_loss(results, model_dir)

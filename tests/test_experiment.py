@@ -165,9 +165,18 @@ def test_bad_flag_is_a_one_line_usage_error(capsys):
 # create_comparison_figure.py
 
 
+def expect_small_settings(monkeypatch):
+    """Make SMALL_OVERRIDES, with which the `trained` models were trained, the experiments' own settings: the
+    figure refuses models trained otherwise than their train_*.py script's settings."""
+    real = runs.experiment_config
+    monkeypatch.setattr(runs, "experiment_config",
+                        lambda name, **overrides: real(name, **{**SMALL_OVERRIDES, **overrides}))
+
+
 def test_comparison_figure_stacks_originals_and_saved_reconstructions(trained, validation_images, tmp_path, monkeypatch):
     models_dir, _ = trained
     monkeypatch.setattr(func, "train", no_training)
+    expect_small_settings(monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert create_comparison_figure.main(["--models-dir", str(models_dir)]) == 0
     size, mode, grid = png(tmp_path / "comparison.png")
@@ -193,9 +202,10 @@ def test_comparison_figure_fills_in_missing_results(trained, tmp_path, monkeypat
 
     def small_training(name, directory, **kwargs):
         trained_names.append(name)
-        return real(name, directory, progress=False, **{**kwargs, **SMALL_OVERRIDES})
+        return real(name, directory, progress=False, **kwargs)
 
     monkeypatch.setattr(runs, "train_and_reconstruct", small_training)
+    expect_small_settings(monkeypatch)  # and so the missing model is trained at SMALL_OVERRIDES
     output = tmp_path / "comparison.png"
     assert create_comparison_figure.main(["--models-dir", str(models_dir), "--output", str(output)]) == 0
     assert trained_names == ["p-lwta"]
@@ -203,6 +213,9 @@ def test_comparison_figure_fills_in_missing_results(trained, tmp_path, monkeypat
     assert np.array_equal(png(rewritten)[2], png(result_paths(trained[0] / "lwta")[3])[2])
     assert all(path.is_file() for name in EXPERIMENTS for path in result_paths(models_dir / name))
     assert png(output)[:2] == ((280, 112), "L")
+    _, config = func.load_model(models_dir / "p-lwta")
+    assert (config.model_config.layer_structure, config.training.learning_rate, config.training.steps) == (
+        "p-lwta", 1e-4, 20)
 
 
 def test_labelled_figure_needs_a_known_suffix(tmp_path, capsys):
@@ -261,12 +274,15 @@ def test_from_csv_redraws_without_training_or_data(tmp_path, monkeypatch):
     assert compare_learning.read_csv(tmp_path / "curves.csv") == curves
 
 
-def test_figure_has_one_log_scale_panel_per_learning_rate(tmp_path):
+def test_figure_has_one_panel_per_learning_rate(tmp_path):
     curves = write_curves(tmp_path / "curves.csv")
     panels = compare_learning.draw(curves).axes
     assert [panel.get_title() for panel in panels] == ["Learning rate: 0.001", "Learning rate: 0.0001"]
     for panel, rate in zip(panels, (0.001, 0.0001)):
-        assert panel.get_yscale() == "log"
+        bottom, top = panel.get_ylim()
+        shown = [row["validation_loss"] for (curve_rate, _), history in curves.items() if curve_rate == rate
+                 for row in history]
+        assert bottom < min(shown) and max(shown) < top  # every loss is visible
         assert panel.get_ylabel() == "Validation loss (negative ELBO, nats per image)"
         assert [text.get_text() for text in panel.get_legend().get_texts()] == ["ReLU (none)", "LWTA", "p-LWTA"]
         assert list(panel.lines[2].get_ydata()) == [row["validation_loss"] for row in curves[rate, "p-lwta"]]

@@ -6,6 +6,7 @@ status, the message, the absence of a traceback and the files before and after.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import tensorflow as tf
 import func
 from conftest import ROOT, assert_clean_failure, command, run_cli, snapshot, tiny_config, write_fake_mnist
 from fileio import atomic
-from training import checkpoint
+from training import checkpoint, lock
 from training.loop import Trainer
 
 SMALL = ["--train-examples", "300", "--validation-examples", "50", "--hidden-units", "40", "--latent-dim", "10"]
@@ -34,6 +35,12 @@ def model_dir(small_model):
 
 def copy_model(model_dir, tmp_path):
     return Path(shutil.copytree(model_dir, tmp_path / "copy"))
+
+
+def model_files(folder):
+    """snapshot() of a model directory but its lock file, which a training command (even one that then fails on
+    a user mistake) takes and marks with its process id."""
+    return {name: digest for name, digest in snapshot(folder).items() if name != lock.LOCK_FILE}
 
 
 # ---------------------------------------------------------------------------
@@ -96,13 +103,13 @@ def test_checkpoint_whose_arrays_do_not_match_its_configuration(model_dir, tmp_p
 
 
 def test_layer_structure_that_disagrees_with_the_saved_model(model_dir, tmp_path):
-    before = snapshot(model_dir)
+    before = model_files(model_dir)
     result = run_cli("reconstruct", "--model-path", model_dir, "--output-path", tmp_path / "x.png",
                      "--layer-structure", "p-lwta")
     assert_clean_failure(result, 2, "--layer-structure p-lwta disagrees with the model")
     resumed = run_cli("train", "--model-path", model_dir, "--resume", "--layer-structure", "none", "--steps", 40)
     assert_clean_failure(resumed, 2, "--layer-structure none disagrees with the saved run's lwta")
-    assert snapshot(model_dir) == before
+    assert model_files(model_dir) == before
 
 
 @pytest.mark.parametrize("index", [50, -1])
@@ -113,10 +120,10 @@ def test_mnist_index_outside_the_split(model_dir, tmp_path, index):
 
 
 def test_existing_model_directory_needs_resume_or_overwrite(model_dir):
-    before = snapshot(model_dir)
+    before = model_files(model_dir)
     result = run_cli("train", "--layer-structure", "lwta", "--steps", 10, "--model-path", model_dir, *SMALL)
     assert_clean_failure(result, 2, "already exists; pass --resume to continue it or --overwrite")
-    assert snapshot(model_dir) == before
+    assert model_files(model_dir) == before
 
 
 # ---------------------------------------------------------------------------
@@ -126,14 +133,16 @@ def test_existing_model_directory_needs_resume_or_overwrite(model_dir):
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "0"], "argument --steps: must be at least 1, got 0"),
     (["--batch-size", "-5"], "argument --batch-size: must be at least 1, got -5"),
-    (["--learning-rate", "0"], "argument --learning-rate: must be a positive number, got 0"),
-    (["--learning-rate", "nan"], "argument --learning-rate: must be a positive number"),
+    (["--learning-rate", "0"], "argument --learning-rate: must be at least 1e-12, got 0.0"),
+    (["--learning-rate", "nan"], "argument --learning-rate: must be a finite number, got nan"),
+    (["--learning-rate", "1e30"], "argument --learning-rate: must be at most 1000, got 1e+30"),
     (["--train-examples", "0"], "argument --train-examples: must be at least 1"),
     (["--batch-size", "400"], "--batch-size 400 is larger than the 300 training examples"),
-    (["--train-examples", "60000"], "--train-examples must be between 1 and 55000"),
-    (["--layer-structure", "lwta", "--block-size", "3"], "block size 3 does not divide the layer width 40"),
-    (["--layer-structure", "dropout"], "argument --layer-structure: invalid choice"),
-    (["--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
+    (["--train-examples", "60000"], "argument --train-examples: must be at most 55000, got 60000"),
+    (["--layer-structure", "lwta", "--block-size", "3"],
+     "--hidden-units 40 is not a multiple of the LWTA block size 3 (--block-size)"),
+    (["--layer-structure", "dropout"], "argument --layer-structure: must be one of none, lwta, p-lwta, got 'dropout'"),
+    (["--seed", "-1"], "argument --seed: must be at least 0, got -1"),
 ])
 def test_bad_training_flags(tmp_path, flags, message):
     result = run_cli("train", "--model-path", tmp_path / "model", *SMALL, *flags)
@@ -220,11 +229,11 @@ def test_bad_data_folder(tmp_path, damage, message):
 
 def test_failing_overwrite_leaves_the_old_model(model_dir, tmp_path):
     copy = copy_model(model_dir, tmp_path)
-    before = snapshot(copy)
+    before = model_files(copy)
     result = run_cli("train", "--layer-structure", "lwta", "--model-path", copy, "--overwrite",
                      "--data-dir", tmp_path / "nowhere", *SMALL)
     assert_clean_failure(result, 1, "does not exist")
-    assert snapshot(copy) == before
+    assert model_files(copy) == before
 
 
 # ---------------------------------------------------------------------------
@@ -353,10 +362,13 @@ def test_terminated_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, unin
     status, _, stderr = start_and_stop(folder, signal.SIGTERM)
     assert status == 128 + signal.SIGTERM
     assert "Traceback" not in stderr and f"--model-path {folder} --resume" in stderr
-    stopped_at = losses(folder)[-1]["step"]
+    stopped_at = losses(folder)[-1]["step"]  # the last validation before the signal
     assert stopped_at % 10 == 0 and stopped_at < 1000
-    assert checkpoint_arrays(folder)["optimizer/adam/iteration"] == stopped_at, \
-        "the checkpoint holds the interrupted step"
+    interrupted = re.search(r"interrupted at step (\d+); checkpoint saved in", stderr)
+    assert interrupted, stderr
+    step = int(interrupted.group(1))
+    assert stopped_at <= step < stopped_at + 10, (stopped_at, step)  # mid-interval: its steps so far are kept
+    assert checkpoint_arrays(folder)["optimizer/adam/iteration"] == step, "the checkpoint holds the interrupted step"
     result = run_cli("train", "--model-path", folder, "--resume", "--layer-structure", "p-lwta")
     assert result.returncode == 0, result.stderr
     assert_same_run(folder, uninterrupted)
@@ -374,14 +386,14 @@ def test_resume_can_extend_a_finished_run(tmp_path, uninterrupted):
 
 
 def test_diverging_run_stops_with_the_step_and_writes_nothing(tmp_path):
-    result = run_cli("train", "--model-path", tmp_path / "model", "--learning-rate", "1e30", *SMALL)
+    result = run_cli("train", "--model-path", tmp_path / "model", "--learning-rate", "1000", *SMALL)
     assert_clean_failure(result, 1, "the training loss became nan at step 2; no checkpoint of this run was saved")
     assert not (tmp_path / "model" / checkpoint.CHECKPOINT_FILE).exists()
 
 
 def test_diverging_run_keeps_the_last_good_checkpoint(model_dir, tmp_path, monkeypatch):
     copy = copy_model(model_dir, tmp_path)
-    before = snapshot(copy)
+    before = model_files(copy)
     honest_step = Trainer.train_step
 
     def diverging_step(self, images, step):
@@ -390,5 +402,5 @@ def test_diverging_run_keeps_the_last_good_checkpoint(model_dir, tmp_path, monke
     monkeypatch.setattr(Trainer, "train_step", diverging_step)
     with pytest.raises(func.TrainingDiverged, match=r"at step 21; the last good checkpoint \(step 20\) is kept"):
         func.resume(copy, {"steps": 40}, progress=False)
-    assert {name: digest for name, digest in snapshot(copy).items() if not name.startswith("tensorboard")} == \
+    assert {name: digest for name, digest in model_files(copy).items() if not name.startswith("tensorboard")} == \
            {name: digest for name, digest in before.items() if not name.startswith("tensorboard")}
