@@ -42,16 +42,11 @@ def _blocks(x, block_size):
     units (strided blocks).  Srivastava et al. and the original group adjacent
     units (ik, ..., ik + k-1) instead; with independently initialised weights
     the two are the same model up to a relabelling of the units (see
-    :func:`adjacent_to_strided`), and strided blocks keep every operation on
+    training.migration.relabel_adjacent_blocks), and strided blocks keep every operation on
     contiguous vectors of W/k units, which is about 10% faster a training step.
     """
     check_block_size(x.shape[-1], block_size)
     return tf.split(x, block_size, axis=-1)
-
-
-def strided_order(width, block_size):
-    """`order[n]` is the adjacent-block unit that strided-block position n holds."""
-    return np.arange(width).reshape(width // block_size, block_size).T.ravel()
 
 
 # Seed derivations use Philox; TensorFlow's kernels and XLA compute them alike.

@@ -50,10 +50,15 @@ def check_value(field, value):
     if choices is not None and value not in choices:
         raise UsageError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
     if minimum is not None and value < minimum:
-        raise UsageError(f"{name} must be at least {minimum:g}, got {value!r}")
+        raise UsageError(f"{name} must be at least {_number(minimum)}, got {value!r}")
     if maximum is not None and value > maximum:
-        raise UsageError(f"{name} must be at most {maximum:g}, got {value!r}")
+        raise UsageError(f"{name} must be at most {_number(maximum)}, got {value!r}")
     return value
+
+
+def _number(limit):
+    """A limit as written: 4294967295, not 4.29497e+09; 1e-12 for small floats."""
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
 
 
 def checked(cls, values):

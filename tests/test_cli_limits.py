@@ -16,7 +16,7 @@ TINY = ["--train-examples", "300", "--validation-examples", "50", "--hidden-unit
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["train", "--seed", "4294967296"], "--seed: must be at most 4.29497e+09"),
+    (["train", "--seed", "4294967296"], "--seed: must be at most 4294967295"),
     (["train", "--seed", str(2**64)], "--seed: must be at most"),
     (["train", "--validation-interval", "1000000000"], "--validation-interval: must be at most 100000"),
     (["train", "--block-size", "500", "--layer-structure", "lwta"], "--block-size: must be at most 16"),

@@ -35,7 +35,10 @@ def exclusive(model_dir):
                             "or pick another --model-path") from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            os.ftruncate(descriptor, 0)  # no process id of an ended holder stays behind
     finally:
         os.close(descriptor)  # releases the lock
         if created and [path.name for path in model_dir.iterdir()] == [LOCK_FILE]:
