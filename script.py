@@ -161,9 +161,18 @@ def run_export(args):
     print(f"wrote {import_func().export(args.model_path, args.output_path)}")
 
 
+def read_model_directory(args):
+    """Read the model directory a command names before TensorFlow starts: a damaged one is reported at once."""
+    if args.mode != "train":
+        from training import checkpoint
+
+        checkpoint.read(args.model_path)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return report_errors(f"script.py {args.mode}", lambda: args.handler(args), args.debug)
+    return report_errors(f"script.py {args.mode}", lambda: args.handler(args), args.debug,
+                         precheck=lambda: read_model_directory(args))
 
 
 if __name__ == "__main__":

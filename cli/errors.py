@@ -53,15 +53,24 @@ def _terminate(number, frame):
     raise Terminated()
 
 
-def report_errors(prog, action, debug=False):
+def report_errors(prog, action, debug=False, precheck=None):
     """Call action() and return its exit status: 0, or the status of a user mistake reported in one line on stderr.
 
     Usage errors give 2, missing or broken files and diverged runs 1, a signal
     128 + its number.  With `debug` or WTA_VAE_DEBUG=1 the exception propagates.
-    Imports func.py first, for action() and for its exceptions.
+    `precheck()`, free of TensorFlow, runs first (e.g. reading a model
+    directory), so that its mistakes are reported at once; then func.py is
+    imported, for action() and for its exceptions.
     """
     debug = debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if precheck:
+            precheck()
+    except UsageError as error:
+        return _fail(prog, error, 2, debug)
+    except (DataError, OSError) as error:
+        return _fail(prog, error, 1, debug)
     try:
         func = import_func()
     except KeyboardInterrupt as error:
