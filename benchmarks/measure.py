@@ -290,10 +290,10 @@ def measure(quick):
                "ceiling_sizes": list(CEILING_SIZES)}
     dataset = random_dataset()
     results["training"], pieces, ceilings = training_results(
-        dataset, rounds=3 if quick else 7, steps_per_call=50 if quick else 200)
+        dataset, rounds=2 if quick else 7, steps_per_call=20 if quick else 200)
     samples = 5000
-    repeats = 3
-    rate, spread, one_off = evaluation_rate(5, 25 if quick else 205, samples, repeats)
+    repeats = 2 if quick else 3
+    rate, spread, one_off = evaluation_rate(5, 15 if quick else 205, samples, repeats)
     results["evaluation"] = {"importance_samples": samples, "repeats": repeats, "image_samples_per_second": rate,
                              "spread": spread, "one_off_seconds": one_off, "gflops": rate * DECODE_FLOPS / 1e9,
                              "test_set_minutes_at_k5000": (10000 * 5000 / rate + one_off) / 60}
@@ -310,10 +310,10 @@ def measure(quick):
         "plain_update": {"steps_per_second": plain_update, "fraction_of_ceiling": plain_update * adam["gflop_per_step"] / ceiling,
                          "adam_ms_per_step": 1000 / adam["steps_per_second"] - 1000 / plain_update},
         "products_alone": {"steps_per_second": products, "fraction_of_ceiling": products * adam["gflop_per_step"] / ceiling},
-        **breakdown(repeats=5 if quick else 9),
+        **breakdown(repeats=2 if quick else 9),
     }
     results["compare_learning_minutes_extrapolated"] = compare_learning_minutes(
-        *((100, 300) if quick else (200, 1000)), dataset)
+        *((20, 60) if quick else (200, 1000)), dataset)
     results["peak_resident_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results
 
